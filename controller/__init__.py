@@ -1,0 +1,1 @@
+"""The ML service controller: catalog, task API, dispatcher, runtimes, store, logs, MLflow recording."""
