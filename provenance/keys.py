@@ -182,7 +182,7 @@ def init_identity(home: Path, *, organisation: str = "mlprov local", force: bool
     paths = identity_paths(home)
     if paths.signer_key.exists() and not force:
         raise KeyMaterialError(f"an identity already exists in {paths.signer_key.parent}; pass --force to replace it")
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name(
@@ -358,11 +358,13 @@ class TrustStore:
             raise UntrustedSignerError("signer certificate holds an unsupported key type")
         if key_id(leaf_key) != signer_key_id:
             raise UntrustedSignerError("signer certificate does not match the recorded key ID")
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         anchor_ders = {a.public_bytes(serialization.Encoding.DER) for a in self.anchors}
         for i, cert in enumerate(chain):
             if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-                raise UntrustedSignerError(f"certificate {cert.subject.rfc4514_string()} is outside its validity period")
+                raise UntrustedSignerError(
+                    f"certificate {cert.subject.rfc4514_string()} is outside its validity period"
+                )
             if cert.public_bytes(serialization.Encoding.DER) in anchor_ders:
                 return leaf_key
             issuers = list(chain[i + 1 : i + 2]) or [a for a in self.anchors if a.subject == cert.issuer]

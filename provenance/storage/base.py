@@ -1,15 +1,21 @@
 """The ``ManifestStore`` seam: where manifests (with their C2PA sidecar and OMS bundle) live.
 
-Implementations: ``local_fs`` (a directory laid out as atlas-cli does), ``database`` (a client of the
-Atlas storage-service HTTP API, which the controller serves), ``rekor`` (Rekor DSSE entries).
+Implementations, one per file: ``local_fs`` (a directory laid out as atlas-cli does), ``database`` (a
+client of the Atlas storage-service HTTP API, which the controller serves), ``rekor`` (Rekor DSSE
+entries). :func:`provenance.storage.open_store` picks one from atlas-cli's ``--storage-type`` and
+``--storage-url``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
-__all__ = ["ManifestStore", "ManifestSummary", "StoredManifest"]
+__all__ = ["STORAGE_TYPES", "ManifestStore", "ManifestSummary", "StorageType", "StoredManifest"]
+
+#: atlas-cli's ``--storage-type`` values.
+StorageType = Literal["database", "local-fs", "rekor"]
+STORAGE_TYPES: Final[tuple[StorageType, ...]] = ("database", "local-fs", "rekor")
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,11 @@ class ManifestStore(Protocol):
         c2pa: bytes | None = None,
         oms_bundle: bytes | None = None,
     ) -> StoredManifest:
-        """Store a signed manifest (idempotent on its ``instance_id``); return what was stored."""
+        """Store a signed manifest (idempotent on its ``instance_id``); return what was stored.
+
+        Storing the identical manifest again is a no-op; a *different* manifest under an ID already
+        stored raises ``StorageError`` (a manifest ID names one immutable manifest).
+        """
         ...
 
     def get(self, manifest_id: str) -> StoredManifest:

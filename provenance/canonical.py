@@ -1,0 +1,493 @@
+"""The byte-exact forms Atlas computes from a manifest: the claim's CBOR and the manifest's JSON.
+
+Atlas (atlas-cli with atlas-c2pa-lib) never hashes or signs the JSON it was given: it deserialises a
+manifest into its Rust structs and serialises those again (serde). So the bytes depend only on what
+the structs keep, in the order they declare, which this module reproduces:
+
+* **Struct order.** Manifest, ClaimV2, Ingredient, IngredientData, LinkedIngredient, CrossReference
+  and every assertion variant are written with their fields in declaration order. Fields the structs
+  do not know are dropped (serde ignores unknown fields); a missing ``Option`` field becomes ``null``;
+  ``CrossReference.media_type`` is omitted when absent (``skip_serializing_if``).
+* **Free-form values** (``Action.parameters``, ``CustomAssertion.data``, ``Metadata.fields``) are
+  ``serde_json::Value``: objects are ``BTreeMap``s, so their keys come out sorted (byte order, which
+  for UTF-8 is Python's code-point order). atlas-cli does not enable serde_json's ``preserve_order``.
+* **Enums** are externally tagged: an assertion is ``{"Action": {...}}``; an asset type is its string.
+* **Timestamps** (``OffsetDateTimeWrapper``, ``time::serde::rfc3339``) are re-emitted: UTC as ``Z``,
+  fractional seconds trimmed of trailing zeros.
+* **CBOR** (``serde_cbor`` 0.11 ``to_vec``): definite-length maps and arrays, struct fields as text
+  keys, ``None`` as ``null``, integers in their shortest form, floats in the shortest of
+  half/single/double that holds the value exactly (serde_cbor's ``serialize_f64``).
+* **JSON** (``serde_json::to_string``): compact, UTF-8 unescaped, floats formatted as ``ryu`` does
+  (``1e-7``, ``1e16``, ``0.00001``), which differs from Python's ``repr`` in a few ranges.
+
+Shortcut, and its limit: when ``c2pa.claim.v2`` (or the top-level ``ingredients``) equals the claim's
+under Python ``==`` it shares the claim's canonical form (half the work per node). ``==`` treats
+``1``, ``1.0`` and ``True`` alike, so a copy differing only that way is not reported as different.
+
+Choices (not confirmable from the source, written down here): integers outside the 64-bit range and
+non-finite floats are refused (serde_json would turn them into floats or ``null``; mlprov refuses to
+sign what it cannot reproduce); timestamps with a non-UTC offset keep the offset as given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+
+from provenance.errors import InvalidInputError
+
+__all__ = [
+    "ASSET_TYPES",
+    "canonical_claim",
+    "canonical_manifest",
+    "cbor_bytes",
+    "compact_json",
+    "manifest_json",
+    "normalise_timestamp",
+]
+
+#: Every ``AssetType`` atlas-c2pa-lib 0.1 knows (the ``data_types`` of an ingredient).
+ASSET_TYPES: frozenset[str] = frozenset(
+    {
+        "c2pa.types.dataset",
+        "c2pa.types.dataset.jax",
+        "c2pa.types.dataset.keras",
+        "c2pa.types.dataset.ml_net",
+        "c2pa.types.dataset.mxnet",
+        "c2pa.types.dataset.onnx",
+        "c2pa.types.dataset.openvino",
+        "c2pa.types.dataset.pytorch",
+        "c2pa.types.dataset.tensorflow",
+        "c2pa.types.model",
+        "c2pa.types.model.jax",
+        "c2pa.types.model.keras",
+        "c2pa.types.model.ml_net",
+        "c2pa.types.model.mxnet",
+        "c2pa.types.model.onnx",
+        "c2pa.types.model.openvino",
+        "c2pa.types.model.pytorch",
+        "c2pa.types.model.tensorflow",
+        "c2pa.types.format.numpy",
+        "c2pa.types.format.protobuf",
+        "c2pa.types.format.pickle",
+        "c2pa.types.generator",
+        "c2pa.types.generator.prompt",
+        "c2pa.types.generator.seed",
+        "c2pa.types.classifier",
+        "c2pa.types.cluster",
+        "c2pa.types.regressor",
+    }
+)
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class _Float:
+    """A float inside a canonical form: encoded as serde would, not as Python's encoders would."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Float) and (self.value == other.value) and (str(self.value) == str(other.value))
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"_Float({self.value!r})"
+
+
+def _fail(path: str, what: str, key: str = "") -> InvalidInputError:
+    where = f"{path}.{key}" if key else path
+    return InvalidInputError(f"not an Atlas manifest: {where}: {what}")
+
+
+# The checkers take the parent path and the key separately: the path is only built on failure,
+# which keeps canonicalisation cheap (it runs for every node of a verified chain).
+def _str(v: Any, path: str, key: str = "") -> str:
+    if type(v) is not str:
+        raise _fail(path, "missing or not a string", key)
+    return v
+
+
+def _opt_str(v: Any, path: str, key: str = "") -> str | None:
+    if v is None or type(v) is str:
+        return v
+    raise _fail(path, "not a string or null", key)
+
+
+def _dict(v: Any, path: str, key: str = "") -> dict[str, Any]:
+    if type(v) is not dict:
+        raise _fail(path, "missing or not an object", key)
+    return v
+
+
+def _list(v: Any, path: str, key: str = "") -> list[Any]:
+    if type(v) is not list:
+        raise _fail(path, "missing or not a list", key)
+    return v
+
+
+def normalise_timestamp(value: Any, path: str = "timestamp", key: str = "") -> str:
+    """Re-emit an RFC 3339 timestamp as Atlas does (``Z`` for UTC, trailing fraction zeros trimmed)."""
+    m = _TIMESTAMP.match(_str(value, path, key))
+    if m is None:
+        raise _fail(path, f"{value!r} is not an RFC 3339 timestamp", key)
+    date, time_, frac, offset = m.groups()
+    frac = (frac or "").rstrip("0")
+    offset = "Z" if offset in ("Z", "z", "+00:00", "-00:00") else offset
+    return f"{date}T{time_}{'.' + frac if frac else ''}{offset}"
+
+
+def _value(v: Any, path: str, key: str = "") -> Any:
+    """A ``serde_json::Value``: objects key-sorted, numbers checked."""
+    t = type(v)
+    if t is str or v is None or t is bool:
+        return v
+    if t is dict:
+        out = {}
+        for k in sorted(v):
+            if type(k) is not str:
+                raise _fail(path, "object keys must be strings", key)
+            out[k] = _value(v[k], path, key)
+        return out
+    if t is list:
+        return [_value(x, path, key) for x in v]
+    if t is int:
+        if not _INT_MIN <= v <= _INT_MAX:
+            raise _fail(path, f"integer {v} outside the 64-bit range", key)
+        return v
+    if t is float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise _fail(path, "non-finite number", key)
+        return _Float(v)
+    if isinstance(v, _Float):
+        return v
+    raise _fail(path, f"{t.__name__} is not a JSON value", key)
+
+
+def _linked_ingredient(v: Any, path: str) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    d = _dict(v, path)
+    return {
+        "url": _str(d.get("url"), path, "url"),
+        "hash": _str(d.get("hash"), path, "hash"),
+        "media_type": _str(d.get("media_type"), path, "media_type"),
+    }
+
+
+def _ingredient(v: Any, path: str) -> dict[str, Any]:
+    d = _dict(v, path)
+    data = _dict(d.get("data"), path, "data")
+    types = _list(data.get("data_types"), path, "data.data_types")
+    for t in types:
+        if t not in ASSET_TYPES:
+            raise _fail(path + ".data.data_types", f"unknown asset type {t!r}")
+    return {
+        "title": _str(d.get("title"), path, "title"),
+        "relationship": _str(d.get("relationship"), path, "relationship"),
+        "dc:format": _str(d.get("dc:format"), path, "dc:format"),
+        "document_id": _str(d.get("document_id"), path, "document_id"),
+        "instance_id": _str(d.get("instance_id"), path, "instance_id"),
+        "data": {
+            "url": _str(data.get("url"), path, "data.url"),
+            "alg": _str(data.get("alg"), path, "data.alg"),
+            "hash": _str(data.get("hash"), path, "data.hash"),
+            "data_types": list(types),
+            "linked_ingredient_url": _opt_str(data.get("linked_ingredient_url"), path, "data.linked_ingredient_url"),
+            "linked_ingredient_hash": _opt_str(data.get("linked_ingredient_hash"), path, "data.linked_ingredient_hash"),
+        },
+        "linked_ingredient": _linked_ingredient(d.get("linked_ingredient"), path),
+    }
+
+
+def _action(v: Any, path: str) -> dict[str, Any]:
+    d = _dict(v, path)
+    params = d.get("parameters")
+    return {
+        "action": _str(d.get("action"), path, "action"),
+        "software_agent": _opt_str(d.get("software_agent"), path, "software_agent"),
+        "parameters": None if params is None else _value(params, path, "parameters"),
+        "digital_source_type": _opt_str(d.get("digital_source_type"), path, "digital_source_type"),
+        "instance_id": _opt_str(d.get("instance_id"), path, "instance_id"),
+    }
+
+
+def _a_action(d: dict[str, Any], path: str) -> dict[str, Any]:
+    actions = _list(d.get("actions"), path, "actions")
+    return {"actions": [_action(a, f"{path}.actions[{i}]") for i, a in enumerate(actions)]}
+
+
+def _a_ingredient(d: dict[str, Any], path: str) -> dict[str, Any]:
+    data = _dict(d.get("data"), path, "data")
+    return {
+        "title": _str(d.get("title"), path, "title"),
+        "relationship": _str(d.get("relationship"), path, "relationship"),
+        "dc:format": _str(d.get("dc:format"), path, "dc:format"),
+        "document_id": _str(d.get("document_id"), path, "document_id"),
+        "instance_id": _str(d.get("instance_id"), path, "instance_id"),
+        "data": {
+            "url": _str(data.get("url"), path, "data.url"),
+            "alg": _str(data.get("alg"), path, "data.alg"),
+            "hash": _str(data.get("hash"), path, "data.hash"),
+            "data_types": [_str(t, path, "data.data_types") for t in _list(data.get("data_types"), path)],
+        },
+    }
+
+
+def _a_hash(d: dict[str, Any], path: str) -> dict[str, Any]:
+    raw = _list(d.get("hash_value"), path, "hash_value")
+    if not all(type(b) is int and 0 <= b <= 255 for b in raw):
+        raise _fail(path + ".hash_value", "not a list of bytes")
+    return {"algorithm": _str(d.get("algorithm"), path, "algorithm"), "hash_value": list(raw)}
+
+
+def _a_metadata(d: dict[str, Any], path: str) -> dict[str, Any]:
+    if "fields" not in d:
+        raise _fail(path + ".fields", "missing")
+    return {"@type": _str(d.get("@type"), path, "@type"), "fields": _value(d["fields"], path, "fields")}
+
+
+def _a_creative_work(d: dict[str, Any], path: str) -> dict[str, Any]:
+    authors = []
+    for i, a in enumerate(_list(d.get("author"), path, "author")):
+        ad = _dict(a, f"{path}.author[{i}]")
+        authors.append(
+            {"@type": _str(ad.get("@type"), f"{path}.author[{i}].@type"), "name": _str(ad.get("name"), path)}
+        )
+    return {
+        "@context": _str(d.get("@context"), path, "@context"),
+        "@type": _str(d.get("@type"), path, "@type"),
+        "author": authors,
+    }
+
+
+def _a_custom(d: dict[str, Any], path: str) -> dict[str, Any]:
+    if "data" not in d:
+        raise _fail(path + ".data", "missing")
+    return {"label": _str(d.get("label"), path, "label"), "data": _value(d["data"], path, "data")}
+
+
+def _a_do_not_train(d: dict[str, Any], path: str) -> dict[str, Any]:
+    enforced = d.get("enforced")
+    if type(enforced) is not bool:
+        raise _fail(path + ".enforced", "missing or not a boolean")
+    return {"reason": _str(d.get("reason"), path, "reason"), "enforced": enforced}
+
+
+_ASSERTIONS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+    "Action": _a_action,
+    "Ingredient": _a_ingredient,
+    "Hash": _a_hash,
+    "Metadata": _a_metadata,
+    "CreativeWork": _a_creative_work,
+    "CustomAssertion": _a_custom,
+    "DoNotTrain": _a_do_not_train,
+}
+
+
+def _assertion(v: Any, path: str) -> dict[str, Any]:
+    d = _dict(v, path)
+    if len(d) != 1:
+        raise _fail(path, "an assertion is an object with exactly one key (its type)")
+    ((tag, body),) = d.items()
+    fn = _ASSERTIONS.get(tag)
+    if fn is None:
+        raise _fail(path, f"unknown assertion type {tag!r}")
+    return {tag: fn(_dict(body, f"{path}.{tag}"), f"{path}.{tag}")}
+
+
+def canonical_claim(v: Any, path: str = "claim") -> dict[str, Any]:
+    """The claim as ClaimV2 serialises it (see the module docstring)."""
+    d = _dict(v, path)
+    assertions = _list(d.get("created_assertions"), path, "created_assertions")
+    ingredients = _list(d.get("ingredients"), path, "ingredients")
+    return {
+        "instance_id": _str(d.get("instance_id"), path, "instance_id"),
+        "created_assertions": [_assertion(a, f"{path}.created_assertions[{i}]") for i, a in enumerate(assertions)],
+        "ingredients": [_ingredient(g, f"{path}.ingredients[{i}]") for i, g in enumerate(ingredients)],
+        "signature": _opt_str(d.get("signature"), path, "signature"),
+        "claim_generator_info": _str(d.get("claim_generator_info"), path, "claim_generator_info"),
+        "created_at": normalise_timestamp(d.get("created_at"), path, "created_at"),
+    }
+
+
+def _cross_reference(v: Any, path: str) -> dict[str, Any]:
+    d = _dict(v, path)
+    out = {
+        "manifest_url": _str(d.get("manifest_url"), path, "manifest_url"),
+        "manifest_hash": _str(d.get("manifest_hash"), path, "manifest_hash"),
+    }
+    media_type = _opt_str(d.get("media_type"), path, "media_type")
+    if media_type is not None:
+        out["media_type"] = media_type
+    return out
+
+
+def canonical_cross_references(v: Any, path: str = "cross_references") -> list[dict[str, Any]]:
+    return [_cross_reference(x, f"{path}[{i}]") for i, x in enumerate(_list(v, path))]
+
+
+def canonical_manifest(v: Any) -> dict[str, Any]:
+    """The manifest as Atlas's ``Manifest`` struct serialises it; :class:`InvalidInputError` if it cannot."""
+    d = _dict(v, "manifest")
+    is_active = d.get("is_active")
+    if type(is_active) is not bool:
+        raise _fail("is_active", "missing or not a boolean")
+    claim_v2 = d.get("c2pa.claim.v2")
+    claim = canonical_claim(d.get("claim"))
+    if claim_v2 is None:
+        claim_v2_canonical = None
+    elif claim_v2 == d.get("claim"):  # the usual case: an identical copy (compared in C)
+        claim_v2_canonical = claim
+    else:
+        claim_v2_canonical = canonical_claim(claim_v2, "c2pa.claim.v2")
+    raw_ingredients = _list(d.get("ingredients"), "ingredients")
+    if raw_ingredients and raw_ingredients == d["claim"]["ingredients"]:  # the usual copy (compared in C)
+        top_ingredients = claim["ingredients"]
+    else:
+        top_ingredients = [_ingredient(g, f"ingredients[{i}]") for i, g in enumerate(raw_ingredients)]
+    return {
+        "claim_generator": _str(d.get("claim_generator"), "claim_generator"),
+        "title": _str(d.get("title"), "title"),
+        "instance_id": _str(d.get("instance_id"), "instance_id"),
+        "ingredients": top_ingredients,
+        "claim": claim,
+        "created_at": normalise_timestamp(d.get("created_at"), "created_at"),
+        "cross_references": canonical_cross_references(d.get("cross_references")),
+        "c2pa.claim.v2": claim_v2_canonical,
+        "is_active": is_active,
+    }
+
+
+# --- encoders -------------------------------------------------------------------------------------
+
+
+def _cbor_float(x: float) -> bytes:
+    """serde_cbor 0.11: f64 -> f32 when exact, f32 -> f16 when exact."""
+    try:
+        single = struct.pack(">f", x)
+    except OverflowError:
+        return b"\xfb" + struct.pack(">d", x)
+    if struct.unpack(">f", single)[0] != x:
+        return b"\xfb" + struct.pack(">d", x)
+    try:
+        half = struct.pack(">e", x)
+    except OverflowError:
+        return b"\xfa" + single
+    if struct.unpack(">e", half)[0] == x:
+        return b"\xf9" + half
+    return b"\xfa" + single
+
+
+def _cbor_default(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    if isinstance(value, _Float):
+        encoder.write(_cbor_float(value.value))
+        return
+    raise cbor2.CBOREncodeTypeError(f"cannot encode {type(value).__name__}")
+
+
+def cbor_bytes(canonical: Any) -> bytes:
+    """CBOR of a canonical form (dict order kept, definite lengths, serde_cbor's floats)."""
+    try:  # floats are rare (metrics); without a ``default`` hook cbor2 stays in C and is ~40 % faster
+        return cbor2.dumps(canonical)
+    except cbor2.CBOREncodeError:  # a float marker (cbor2 raises the base class here)
+        return cbor2.dumps(canonical, default=_cbor_default)
+
+
+def ryu_format(x: float) -> str:
+    """Format a finite float as serde_json (ryu) does: shortest digits, ``e`` without ``+``."""
+    if x == 0.0:
+        return "-0.0" if str(x).startswith("-") else "0.0"
+    r = repr(x)
+    sign = ""
+    if r[0] == "-":
+        sign, r = "-", r[1:]
+    mant, _, exp_s = r.partition("e")
+    exp = int(exp_s) if exp_s else 0
+    whole, _, frac = mant.partition(".")
+    digits = (whole + frac).lstrip("0")
+    k = exp - len(frac)
+    stripped = digits.rstrip("0")
+    k += len(digits) - len(stripped)
+    digits = stripped
+    n = len(digits)
+    kk = n + k
+    if k >= 0 and kk <= 16:
+        out = digits + "0" * k + ".0"
+    elif 0 < kk <= 16:
+        out = digits[:kk] + "." + digits[kk:]
+    elif -5 < kk <= 0:
+        out = "0." + "0" * (-kk) + digits
+    elif n == 1:
+        out = f"{digits}e{kk - 1}"
+    else:
+        out = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+    return sign + out
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def compact_json(canonical: Any) -> str:
+    """``serde_json::to_string`` of a canonical form."""
+    try:
+        return _JSON.encode(canonical)
+    except TypeError:  # a float marker: format it as ryu does
+        return _compact_json_with_floats(canonical)
+
+
+def manifest_json(canonical: dict[str, Any]) -> str:
+    """:func:`compact_json` of a canonical manifest, encoding the claim once when its copy is the same."""
+    claim = canonical.get("claim")
+    if claim is None or canonical.get("c2pa.claim.v2") is not claim:
+        return compact_json(canonical)
+    nonce = secrets.token_hex(8)
+    shell = dict(canonical)
+    shell["claim"] = shell["c2pa.claim.v2"] = f"\x00{nonce}\x00"
+    quoted = f'"\\u0000{nonce}\\u0000"'
+    top, claim_json = compact_json(shell), compact_json(claim)
+    return top.replace(quoted, claim_json, 2)
+
+
+def _compact_json_with_floats(canonical: Any) -> str:
+    floats: list[str] = []
+    nonce = ""
+
+    def default(value: Any) -> str:
+        nonlocal nonce
+        if isinstance(value, _Float):
+            if not nonce:
+                nonce = secrets.token_hex(8)
+            floats.append(ryu_format(value.value))
+            return f"\x00{nonce}:{len(floats) - 1}\x00"
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default)
+    for i, f in enumerate(floats):
+        text = text.replace(f'"\\u0000{nonce}:{i}\\u0000"', f, 1)
+    return text
+
+
+def to_plain(canonical: Any) -> Any:
+    """A canonical form with its float markers turned back into floats (for JSON output and comparison)."""
+    t = type(canonical)
+    if t is dict:
+        return {k: to_plain(v) for k, v in canonical.items()}
+    if t is list:
+        return [to_plain(v) for v in canonical]
+    if t is _Float:
+        return canonical.value
+    return canonical

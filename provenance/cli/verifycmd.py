@@ -1,0 +1,43 @@
+"""``mlprov verify ID|FILE``: full-chain verification with a readable or JSON report."""
+
+from __future__ import annotations
+
+import click
+
+from provenance.cli.runtime import storage_options
+
+__all__ = ["verify"]
+
+
+@click.command("verify")
+@click.argument("target", metavar="ID|FILE")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-rehash", is_flag=True, help="Do not re-hash the assets (signatures and links only).")
+@click.option(
+    "--max-depth",
+    type=click.IntRange(min=0),
+    default=32,
+    show_default=True,
+    help="How many links deep to follow.",
+)
+@storage_options
+def verify(
+    target: str,
+    as_json: bool,
+    no_rehash: bool,
+    max_depth: int,
+    storage_type: str | None,
+    storage_url: str | None,
+) -> None:
+    """Verify a manifest (by ID, or a manifest JSON FILE) and everything it links to: signatures
+    against the trust store, asset digests, link hashes. Exit 0 only when everything holds."""
+    from provenance.cli.verifying import run_verify
+
+    run_verify(
+        target,
+        storage_type=storage_type,
+        storage_url=storage_url,
+        as_json=as_json,
+        rehash=not no_rehash,
+        max_depth=max_depth,
+    )
