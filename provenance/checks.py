@@ -5,6 +5,9 @@ carries nothing to check (no OMS bundle, no sidecar), a failed :class:`Check` wh
 does not hold, a *skipped* one when the artifact cannot be read here. The heavy libraries
 (``model_signing``, ``c2pa``) are imported only when a check actually runs.
 
+Transparency-log inclusion: :func:`tlog_inclusion_check` (implemented in
+:mod:`provenance.tlog.verification`, which documents the causes a failure names).
+
 Which path a bundle or sidecar signs: the artifact of the manifest, i.e. the sole ingredient's path,
 or, when the ingredients are the files of a directory artifact, the directory that holds them all
 (their common parent). Pass ``artifact_path`` to decide otherwise.
@@ -15,14 +18,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provenance.errors import InvalidInputError, VerificationError
 from provenance.report import Check, NodeCheck
 from provenance.storage.base import StoredManifest
 from provenance.verify import ingredient_path
 
-__all__ = ["artifact_path_of", "c2pa_sidecar_check", "oms_bundle_check"]
+if TYPE_CHECKING:
+    from provenance.tlog.base import TransparencyLog
+    from provenance.tlog.checkpoint import SignedCheckpoint
+    from provenance.tlog.verification import VerifierKeys
+
+__all__ = ["artifact_path_of", "c2pa_sidecar_check", "oms_bundle_check", "tlog_inclusion_check"]
 
 ArtifactPath = Callable[[StoredManifest], Path | None]
 Resolver = Callable[[dict[str, Any]], Path | None]
@@ -87,3 +95,16 @@ def c2pa_sidecar_check(trust_anchors_pem: bytes, *, artifact_path: ArtifactPath 
         return Check("c2pa sidecar", True, f"{found.validation_state} ({found.active_manifest})")
 
     return _named("c2pa sidecar", check)
+
+
+def tlog_inclusion_check(
+    log: TransparencyLog,
+    *,
+    verifier_keys: VerifierKeys,
+    checkpoint: SignedCheckpoint | str | None = None,
+) -> NodeCheck:
+    """Check that every manifest is logged in ``log``, proven against a verified checkpoint (the log's
+    current one, or ``checkpoint``); see :func:`provenance.tlog.verification.tlog_inclusion_check`."""
+    from provenance.tlog.verification import tlog_inclusion_check as make
+
+    return make(log, verifier_keys=verifier_keys, checkpoint=checkpoint)

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from provenance.cli.runtime import create_options, echo_note, load_signer, open_cli_store, split_list, storage_options
+from provenance.cli.runtime import (
+    create_options,
+    echo_note,
+    load_signer,
+    open_cli_store,
+    split_list,
+    storage_options,
+    tlog_option,
+)
 
 if TYPE_CHECKING:
     from provenance.keys import HashName
@@ -64,7 +72,12 @@ def _create(
         click.echo(render(created.manifest, encoding))
         return
     assert store is not None  # opened above whenever not printing
+    from provenance.cli.tlogging import log_stored, open_cli_log
+
+    tlog = open_cli_log(create=True)  # before storing: a log that cannot be opened stores nothing
     stored = store.put(created.manifest, c2pa=created.c2pa, oms_bundle=created.oms_bundle)
+    if tlog is not None:
+        log_stored(tlog, stored, store)
     click.echo(f"Manifest stored successfully with ID: {stored.id}")
 
 
@@ -136,8 +149,9 @@ def _add_list_and_verify(group: click.Group, kind: str) -> None:
     @group.command("verify")
     @click.option("--id", "manifest_id", required=True, help="Manifest ID to verify.")
     @storage_options
+    @tlog_option
     def verify(manifest_id: str, storage_type: str | None, storage_url: str | None) -> None:
-        """Verify a manifest and its whole chain: signatures, digests, links."""
+        """Verify a manifest and its whole chain: signatures, digests, links, transparency-log inclusion."""
         _verify(manifest_id, storage_type, storage_url)
 
 
@@ -188,6 +202,7 @@ _add_list_and_verify(model, "model")
 @click.option("--dataset-id", required=True, help="Dataset manifest ID.")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PEM key to re-sign with.")
 @storage_options
+@tlog_option
 def model_link_dataset(
     model_id: str, dataset_id: str, key: Path | None, storage_type: str | None, storage_url: str | None
 ) -> None:
@@ -236,6 +251,7 @@ def _link_and_report(
 @click.option("--model-id", required=True, help="Model manifest ID.")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PEM key to re-sign with.")
 @storage_options
+@tlog_option
 def software_link_model(
     software_id: str, model_id: str, key: Path | None, storage_type: str | None, storage_url: str | None
 ) -> None:
@@ -248,6 +264,7 @@ def software_link_model(
 @click.option("--dataset-id", required=True, help="Dataset manifest ID.")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PEM key to re-sign with.")
 @storage_options
+@tlog_option
 def software_link_dataset(
     software_id: str, dataset_id: str, key: Path | None, storage_type: str | None, storage_url: str | None
 ) -> None:

@@ -29,7 +29,8 @@ def link(
     """Store a new, re-signed version of ``source`` that cross-references ``target``; return its ID.
 
     Both must exist (``ManifestNotFoundError`` names the missing one). Signatures kept beside the source
-    (its asset's C2PA sidecar, its OMS bundle) are kept beside the new version too.
+    (its asset's C2PA sidecar, its OMS bundle) are kept beside the new version too. The new version is
+    appended to the transparency log (:mod:`provenance.cli.tlogging`).
     """
     from provenance.manifest import manifest_type
     from provenance.signing import link_manifests
@@ -47,7 +48,12 @@ def link(
         raise InvalidInputError(f"manifest {target_id} is a {found} manifest, not a {target_kind} manifest")
     identity = load_signer(key)
     linked = link_manifests(source.manifest, target.manifest, identity)
+    from provenance.cli.tlogging import log_stored, open_cli_log
+
+    tlog = open_cli_log(create=True)  # before storing: a log that cannot be opened stores nothing
     stored = store.put(linked, c2pa=source.c2pa, oms_bundle=source.oms_bundle)
+    if tlog is not None:
+        log_stored(tlog, stored, store)
     return stored.id
 
 

@@ -53,7 +53,8 @@ Exit codes:
   5  manifest store unreachable or refused the operation
 \b
 Environment: MLPROV_HOME (default ./.mlprov), MLPROV_TOKEN, MLPROV_STORAGE_TYPE,
-MLPROV_STORAGE_URL, MLPROV_HTTP_TIMEOUT.
+MLPROV_STORAGE_URL, MLPROV_HTTP_TIMEOUT, MLPROV_TLOG (off: no transparency log), MLPROV_TLOG_DIR,
+MLPROV_TLOG_VKEY.
 """
 
 
@@ -143,12 +144,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """mlprov: signed, linked, verifiable provenance for datasets, models, software and evaluations.
 
     Commands and flags of atlas-cli work unchanged (`model create --paths=... --ingredient-names=...`,
-    `manifest link -s SRC -t TGT`, ...), plus `keys`, `hash` and a full-chain `verify`.
+    `manifest link -s SRC -t TGT`, ...), plus `keys`, `hash`, a full-chain `verify` and the
+    transparency `log` every stored manifest is appended to.
     """
 
 
 def _register() -> None:
-    from provenance.cli import assets, attestation, hashcmd, keys, manifest, verifycmd
+    from provenance.cli import assets, attestation, hashcmd, keys, logcmd, manifest, verifycmd
 
     for command in (
         assets.dataset,
@@ -160,6 +162,7 @@ def _register() -> None:
         keys.keys,
         hashcmd.hash_command,
         verifycmd.verify,
+        logcmd.log_group,
     ):
         cli.add_command(command)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from provenance.cli.runtime import open_cli_store, storage_options
+from provenance.cli.runtime import open_cli_store, storage_options, tlog_option
 
 __all__ = ["manifest"]
 
@@ -23,6 +23,7 @@ def manifest() -> None:
 @click.option("-t", "--target", required=True, help="Target manifest ID (referenced).")
 @click.option("--key", type=click.Path(path_type=Path, dir_okay=False), default=None, help="PEM key to re-sign with.")
 @storage_options
+@tlog_option
 def link(source: str, target: str, key: Path | None, storage_type: str | None, storage_url: str | None) -> None:
     """Link SOURCE to TARGET: store a new, re-signed version of SOURCE that references TARGET."""
     from provenance.cli.linking import link as do_link

@@ -31,6 +31,8 @@ __all__ = [
     "settings",
     "split_list",
     "storage_options",
+    "tlog_enabled",
+    "tlog_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -158,6 +160,27 @@ def storage_options(f: F) -> F:
     return f
 
 
+def _no_tlog(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_root().meta["mlprov.no_tlog"] = True
+
+
+def tlog_option(f: F) -> F:
+    """``--no-tlog``: neither append to nor check the transparency log (as ``MLPROV_TLOG=off``)."""
+    return click.option(
+        "--no-tlog",
+        is_flag=True,
+        expose_value=False,
+        callback=_no_tlog,
+        help="Do not use the transparency log ($MLPROV_TLOG=off).",
+    )(f)
+
+
+def tlog_enabled() -> bool:
+    """Whether this invocation appends to and checks the transparency log."""
+    return not _meta().get("mlprov.no_tlog") and settings().tlog
+
+
 def signing_options(f: F) -> F:
     f = click.option(
         "--hash-alg",
@@ -181,6 +204,7 @@ def create_options(
     """atlas-cli's ``create`` flags (the asset-specific ones are added by each command)."""
 
     def decorate(f: F) -> F:
+        f = tlog_option(f)
         f = storage_options(f)
         f = click.option(
             "--with-tdx", is_flag=True, help="Add a confidential-computing attestation (mock without TDX)."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from provenance.cli.runtime import storage_options
+from provenance.cli.runtime import storage_options, tlog_option
 
 __all__ = ["verify"]
 
@@ -21,6 +21,7 @@ __all__ = ["verify"]
     help="How many links deep to follow.",
 )
 @storage_options
+@tlog_option
 def verify(
     target: str,
     as_json: bool,
@@ -30,7 +31,8 @@ def verify(
     storage_url: str | None,
 ) -> None:
     """Verify a manifest (by ID, or a manifest JSON FILE) and everything it links to: signatures
-    against the trust store, asset digests, link hashes. Exit 0 only when everything holds."""
+    against the trust store, asset digests, link hashes, and inclusion in the transparency log when
+    $MLPROV_HOME/tlog exists. Exit 0 only when everything holds."""
     from provenance.cli.verifying import run_verify
 
     run_verify(

@@ -1,9 +1,10 @@
 """Full-chain verification for ``mlprov verify`` and ``model|dataset|software|evaluation verify``.
 
 Runs :func:`provenance.verify.verify_chain` against the store the flags name and the trust store in
-``$MLPROV_HOME/trust``; prints the report (text, or JSON with ``--json``). Exit status: 0 only when
-everything holds (the text report then ends with atlas-cli's ``✓ Manifest verification successful``),
-4 when something does not verify, 3 when the manifest is unknown, 5 when the store is unreachable.
+``$MLPROV_HOME/trust`` (plus transparency-log inclusion of every node when the log exists); prints the
+report (text, or JSON with ``--json``). Exit status: 0 only when everything holds (the text report
+then ends with atlas-cli's ``✓ Manifest verification successful``), 4 when something does not verify,
+3 when the manifest is unknown, 5 when the store is unreachable.
 
 The verifier is called through :func:`run_verify` only, so a later ``--server URL`` (the controller's
 verification service) slots in as a second way to obtain the same report.
@@ -54,11 +55,14 @@ def _load_file(path: Path) -> StoredManifest:
 
 def _extra_checks(trust: TrustStore) -> tuple[NodeCheck, ...]:
     """The checks beyond the manifest's own: the stored OMS bundle and C2PA sidecar, against the trust
-    store's CAs (a bare pinned key has no certificate, so those two are only made with a chain)."""
+    store's CAs (a bare pinned key has no certificate, so those two are only made with a chain), and
+    inclusion in the transparency log when one is configured and exists."""
     from provenance.checks import c2pa_sidecar_check, oms_bundle_check
+    from provenance.cli.tlogging import inclusion_check
 
     anchors = trust.anchors_pem
-    return (oms_bundle_check(anchors), c2pa_sidecar_check(anchors))
+    tlog = inclusion_check()
+    return (oms_bundle_check(anchors), c2pa_sidecar_check(anchors), *((tlog,) if tlog is not None else ()))
 
 
 def _is_path(target: str) -> bool:

@@ -8,7 +8,7 @@ Layout (``root``, e.g. ``$MLPROV_HOME/tlog``)::
     level-NN.bin   32-byte hashes of the complete subtrees of 2**NN leaves (derived; level-00 = leaf hashes)
     log.key        the log's Ed25519 signed-note key (skey text, mode 0600), made on first use
     log.vkey       its verifier key, the string clients pin
-    lock           flock()ed while a process has the log open
+    lock           flock()ed while a process has the log open (others wait ``lock_timeout`` s, then fail)
 
 Proofs read O(log n) complete-subtree hashes with ``pread`` from the level files, so an inclusion
 proof at a million entries costs a few dozen 32-byte reads, never a rehash of the log.
@@ -100,6 +100,7 @@ class LocalTransparencyLog:
         origin: str = DEFAULT_ORIGIN,
         durability: Durability = "sync",
         sync_interval: float = 0.05,
+        lock_timeout: float = 0.0,
     ) -> None:
         if durability not in ("sync", "interval"):
             raise TransparencyLogError(f"unknown durability {durability!r}; use 'sync' or 'interval'")
@@ -115,11 +116,17 @@ class LocalTransparencyLog:
             self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise TransparencyLogError(f"cannot open the transparency log at {self.root}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise TransparencyLogError(f"the transparency log at {self.root} is open in another process") from None
+        deadline = time.monotonic() + lock_timeout  # wait up to lock_timeout s for another process to close it
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                os.close(self._lock_fd)
+                raise TransparencyLogError(f"the transparency log at {self.root} is open in another process") from None
         try:
             self.signer = signer or self._load_or_create_key(origin)
             self._open_files()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from provenance.errors import ManifestNotFoundError
+from provenance.checks import tlog_inclusion_check
+from provenance.errors import ManifestNotFoundError, ProofError
 from provenance.keys import SigningIdentity, TrustStore, init_identity, load_identity
 from provenance.manifest import build_manifest, cross_reference, make_ingredient
 from provenance.signing import sign_manifest
 from provenance.storage.base import StoredManifest
+from provenance.tlog import LocalTransparencyLog, NoteVerifier, SignedCheckpoint, audit_checkpoint, manifest_entry
 from provenance.verify import VerificationReport, verify_chain
 
 
@@ -398,3 +400,145 @@ def test_tampered_bundle_or_sidecar_fails(signed_artifacts: Lineage, which: str)
     assert report.first_broken.id == model_id
     expected = "oms bundle" if which == "oms_bundle" else "c2pa sidecar"
     assert [name for _, name, _ in failing(report)] == [expected]
+
+
+# --- transparency-log inclusion, checked through verify_chain's extra checks -----------------------
+
+
+@dataclass
+class Logged:
+    lineage: Lineage
+    log: LocalTransparencyLog
+    keys: list[NoteVerifier]
+    checkpoint: SignedCheckpoint | str | None = None
+
+    def verify(self) -> VerificationReport:
+        check = tlog_inclusion_check(self.log, verifier_keys=self.keys, checkpoint=self.checkpoint)
+        return self.lineage.verify(extra_checks=[check], rehash=False)
+
+
+def _open_log(root: Path) -> LocalTransparencyLog:
+    return LocalTransparencyLog(root)
+
+
+@pytest.fixture
+def logged(lineage: Lineage) -> Iterator[Logged]:
+    """The lineage with every manifest appended, in order D, M, E, to a local log."""
+    log = _open_log(lineage.tmp / "tlog")
+    for manifest in (lineage.dataset, lineage.model, lineage.evaluation):
+        log.append(manifest_entry(manifest))
+    yield Logged(lineage, log, [log.signer.verifier])
+    log.close()
+
+
+def _rebuild(logged: Logged, manifests: list[dict[str, Any]], junk: Sequence[bytes] = ()) -> None:
+    """Delete the log's entry files (keeping its key, as an attacker holding it would) and refill them."""
+    root = logged.log.root
+    logged.log.close()
+    for path in [root / "entries.log", root / "offsets.bin", *root.glob("level-*.bin")]:
+        path.unlink()
+    logged.log = _open_log(root)
+    for item in [*(manifest_entry(m) for m in manifests), *junk]:
+        logged.log.append(item)
+
+
+def _root_not_logged(logged: Logged) -> None:
+    _rebuild(logged, [logged.lineage.dataset, logged.lineage.model])
+
+
+def _model_entry_replaced(logged: Logged) -> None:
+    lineage = logged.lineage
+    _rebuild(
+        logged, [lineage.dataset, lineage.evaluation], [b"mlprov-manifest:v1\nurn:c2pa:forged\n" + b"0" * 64 + b"\n"]
+    )
+
+
+def _root_re_signed_after_logging(logged: Logged) -> None:
+    logged.lineage.source.add(sign_manifest(copy.deepcopy(logged.lineage.evaluation), logged.lineage.identity))
+
+
+def _checkpoint_of_another_log(logged: Logged) -> None:
+    with _open_log(logged.lineage.tmp / "other") as other:
+        for i in range(3):
+            other.append(b"other %d" % i)
+        logged.checkpoint = other.checkpoint()
+
+
+def _another_tree_same_size(logged: Logged) -> None:
+    """A log with the same origin whose key the verifier also trusts (a second trusted log)."""
+    with _open_log(logged.lineage.tmp / "other") as other:
+        for i in range(3):
+            other.append(b"other %d" % i)
+        logged.checkpoint = other.checkpoint()
+        logged.keys.append(other.signer.verifier)
+
+
+def _another_tree_larger(logged: Logged) -> None:
+    with _open_log(logged.lineage.tmp / "other") as other:
+        for i in range(5):
+            other.append(b"other %d" % i)
+        logged.checkpoint = other.checkpoint()
+        logged.keys.append(other.signer.verifier)
+
+
+def _altered_checkpoint_note(logged: Logged) -> None:
+    note = logged.log.checkpoint().note
+    origin, size, rest = note.split("\n", 2)
+    logged.checkpoint = f"{origin}\n{int(size) - 1}\n{rest}"  # the note alone is accepted too
+
+
+def _stale_checkpoint(logged: Logged) -> None:
+    """A checkpoint taken before the root was appended."""
+    _rebuild(logged, [logged.lineage.dataset, logged.lineage.model])
+    logged.checkpoint = logged.log.checkpoint()
+    logged.log.append(manifest_entry(logged.lineage.evaluation))
+
+
+E, M = "evaluation", "model"
+# (case id, what the attacker does, the first broken node, the cause its tlog check names)
+TLOG_TAMPERS: list[tuple[str, Callable[[Logged], None], str, str]] = [
+    ("root-not-logged", _root_not_logged, E, "not logged: no entry"),
+    ("entry-deleted-and-log-rebuilt", _model_entry_replaced, M, "not logged: no entry"),
+    ("root-re-signed-after-logging", _root_re_signed_after_logging, E, "not logged: no entry"),
+    ("stale-checkpoint", _stale_checkpoint, E, "not logged: entry 2 was appended after"),
+    ("checkpoint-of-another-log", _checkpoint_of_another_log, E, "checkpoint signature invalid"),
+    ("altered-checkpoint-note", _altered_checkpoint_note, E, "checkpoint signature invalid"),
+    ("proof-for-another-tree-same-size", _another_tree_same_size, E, "proof does not verify"),
+    ("proof-for-another-tree-larger", _another_tree_larger, E, "proof for another tree"),
+]  # fmt: skip
+
+
+def test_logged_lineage_verifies_with_inclusion(logged: Logged) -> None:
+    report = logged.verify()
+    assert report.ok, report.to_text()
+    details = [c.detail for n in report.nodes for c in n.checks if c.name == "tlog inclusion"]
+    assert len(details) == 3
+    assert all(d.endswith(")") and "at size 3" in d for d in details), details
+
+
+@pytest.mark.parametrize(("change", "node", "cause"), [c[1:] for c in TLOG_TAMPERS], ids=[c[0] for c in TLOG_TAMPERS])
+def test_tlog_tamper_fails_naming_node_and_cause(
+    logged: Logged, change: Callable[[Logged], None], node: str, cause: str
+) -> None:
+    change(logged)
+    report = logged.verify()
+    assert not report.ok
+    assert report.first_broken is not None
+    expected = logged.lineage.evaluation if node == E else logged.lineage.model
+    assert report.first_broken.id == expected["instance_id"], report.to_text()
+    assert report.first_broken.error is not None
+    assert report.first_broken.error.startswith(f"tlog inclusion: {cause}"), report.first_broken.error
+
+
+def test_rebuilt_log_fails_the_audit_of_an_older_checkpoint(logged: Logged) -> None:
+    stored = logged.log.checkpoint().note
+    audit_checkpoint(logged.log, stored, logged.keys)  # the honest log passes
+    _model_entry_replaced(logged)
+    with pytest.raises(ProofError, match="forked"):  # same size, another root
+        audit_checkpoint(logged.log, stored, logged.keys)
+    _rebuild(logged, [logged.lineage.dataset])
+    with pytest.raises(ProofError, match="shrank from 3 to 1"):
+        audit_checkpoint(logged.log, stored, logged.keys)
+    _rebuild(logged, [logged.lineage.dataset, logged.lineage.evaluation, logged.lineage.model], [b"x"])
+    with pytest.raises(ProofError, match="not a prefix"):  # grown, but not from the old tree
+        audit_checkpoint(logged.log, stored, logged.keys)
