@@ -11,6 +11,9 @@ Messages are one line and say what to fix.
      ├── KeyMaterialError           a key or certificate that cannot be loaded or does not fit
      ├── ManifestNotFoundError      an ID no store knows
      ├── StorageError               a store that cannot be reached or refuses a write
+     │    └── DeliveryError         the sidecar's upload or registration did not succeed
+     │         ├── RetryableDeliveryError   try again later (down, timeout, 5xx/429)
+     │         └── PermanentDeliveryError   refused for good (4xx other than 408/429)
      ├── TransparencyLogError       a log that cannot append or prove
      │    └── ProofError            a proof that does not verify
      └── VerificationError          something a verifier checked does not hold
@@ -23,13 +26,16 @@ Messages are one line and say what to fix.
 from __future__ import annotations
 
 __all__ = [
+    "DeliveryError",
     "DigestMismatchError",
     "InvalidInputError",
     "KeyMaterialError",
     "LinkError",
     "ManifestNotFoundError",
+    "PermanentDeliveryError",
     "ProofError",
     "ProvenanceError",
+    "RetryableDeliveryError",
     "SignatureError",
     "StorageError",
     "TransparencyLogError",
@@ -56,6 +62,18 @@ class ManifestNotFoundError(ProvenanceError):
 
 class StorageError(ProvenanceError):
     """A manifest store could not be reached or refused the operation."""
+
+
+class DeliveryError(StorageError):
+    """A delivery (artifact upload or manifest registration) did not succeed."""
+
+
+class RetryableDeliveryError(DeliveryError):
+    """Try again later: the server is down, timed out, or answered 5xx/429/408."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Never try again: the server refused the item itself (4xx other than 408/429)."""
 
 
 class TransparencyLogError(ProvenanceError):

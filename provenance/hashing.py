@@ -199,9 +199,10 @@ def _oms_sort_key(relative: str) -> tuple[str, ...]:
     return PurePosixPath(relative).parts
 
 
-def _collect(root: Path) -> list[tuple[str, Path, int]]:
+def _collect(root: Path, exclude_top_level: frozenset[str] = frozenset()) -> list[tuple[str, Path, int]]:
     """Every file the OMS default serialisation covers: (relative posix path, path, size)."""
     found: list[tuple[str, Path, int]] = []
+    skipped = OMS_IGNORED_TOP_LEVEL | exclude_top_level
 
     def walk(directory: Path, prefix: str) -> None:
         try:
@@ -209,7 +210,7 @@ def _collect(root: Path) -> list[tuple[str, Path, int]]:
         except OSError as exc:
             raise _os_error(directory, exc) from None
         for entry in entries:
-            if not prefix and entry.name in OMS_IGNORED_TOP_LEVEL:
+            if not prefix and entry.name in skipped:
                 continue
             rel = f"{prefix}{entry.name}"
             full = Path(entry.path)
@@ -258,6 +259,7 @@ def hash_directory(
     *,
     workers: int | None = None,
     progress: Progress | None = None,
+    exclude_top_level: frozenset[str] = frozenset(),
 ) -> DirectoryDigest:
     """Hash every file of a directory in parallel; the root is the OMS root digest (see module doc).
 
@@ -265,7 +267,10 @@ def hash_directory(
     alternates between copying a chunk out of the page cache and hashing it (both release the GIL),
     and a second thread per core keeps the core busy during the other's copy (measured ~3.0 GB/s
     on 2 cores against ~2.4-3.0 GB/s, unsteady, with one thread per core). ``progress`` receives
-    byte counts, possibly from worker threads (calls are serialised by a lock). Raises :class:`InvalidInputError` for a
+    byte counts, possibly from worker threads (calls are serialised by a lock). ``exclude_top_level``
+    names more top-level entries to leave out, as the git paths are (the sidecar passes a directory's
+    completion marker, ``_SUCCESS``; give the same names as ``ignore`` to :func:`provenance.oms.sign_model`
+    so the OMS subject digest equals this root). Raises :class:`InvalidInputError` for a
     missing path, a file, a symlink or special file inside, or an unreadable file (naming it).
     """
     _check_alg(alg)
@@ -276,7 +281,7 @@ def hash_directory(
         if path.exists():
             raise InvalidInputError(f"{path} is not a directory")
         raise InvalidInputError(f"cannot read {path}: No such file or directory")
-    entries = _collect(path)
+    entries = _collect(path, frozenset(exclude_top_level))
     report = _locked(progress)
     digests: dict[str, bytes] = {}
     cores = _default_workers()

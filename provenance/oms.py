@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,16 +88,20 @@ def sign_model(
     private_key_pem: bytes,
     chain_pem: bytes,
     workdir: Path | None = None,
+    ignore: Iterable[str] = (),
 ) -> bytes:
     """Sign a model file or directory; return the Sigstore bundle JSON bytes.
 
     ``chain_pem`` is leaf first (the signer's certificate, then its CA), as ``keys/chain.pem``.
+    ``ignore`` names paths relative to a model directory to leave out (model_signing's ``ignore_paths``,
+    recorded in the bundle), e.g. a completion marker ``_SUCCESS``: pass the same names as
+    ``exclude_top_level`` to :func:`provenance.hashing.hash_directory` and both root digests agree.
     Raises :class:`KeyMaterialError` if the key is not an EC key or does not match the certificate,
     :class:`InvalidInputError` if the model cannot be read or contains a symlink.
     """
     model_path = _check_model(model_path)
     leaf_pem, rest_pem = _split_chain(chain_pem)
-    from model_signing import signing  # heavy: keep it out of module import
+    from model_signing import hashing, signing  # heavy: keep it out of module import
 
     with _private_dir(workdir) as tmp:
         key = _write_private(tmp / "signer.key", private_key_pem)
@@ -110,6 +114,9 @@ def sign_model(
             )
         except (ValueError, TypeError) as exc:
             raise KeyMaterialError(f"cannot sign with this key and certificate: {exc}") from None
+        ignored = sorted(set(ignore))
+        if ignored:
+            config.set_hashing_config(hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=True))  # type: ignore[no-untyped-call]  # untyped library
         try:
             config.sign(model_path, out)
         except ValueError as exc:
@@ -137,17 +144,19 @@ def _map_verify_error(exc: Exception, model_path: Path) -> VerificationError | I
     return SignatureError(f"OMS bundle is malformed or not signed as expected: {type(exc).__name__}: {message}")
 
 
-def verify_model_bundle(model_path: Path, bundle: bytes, ca_chain_pem: bytes) -> None:
+def verify_model_bundle(model_path: Path, bundle: bytes, ca_chain_pem: bytes, *, ignore: Iterable[str] = ()) -> None:
     """Verify an OMS bundle over a model with model_signing's certificate verifier.
 
-    ``ca_chain_pem`` holds the trusted CA certificate(s). Raises :class:`DigestMismatchError` (the model
+    ``ca_chain_pem`` holds the trusted CA certificate(s). ``ignore``: paths (relative to a model
+    directory) left out of the re-hash, as given to :func:`sign_model`; model_signing also re-applies
+    the ``ignore_paths`` the bundle records. Raises :class:`DigestMismatchError` (the model
     changed; the message names the files), :class:`SignatureError` (bundle altered or malformed),
     :class:`UntrustedSignerError` (chain does not lead to a given CA), :class:`InvalidInputError`.
     """
     model_path = _check_model(model_path)
     if b"CERTIFICATE" not in ca_chain_pem:
         raise InvalidInputError("no trusted CA certificate given to verify the OMS bundle against")
-    from model_signing import verifying
+    from model_signing import hashing, verifying
 
     with _private_dir(None) as tmp:
         ca = tmp / "ca.pem"
@@ -158,6 +167,9 @@ def verify_model_bundle(model_path: Path, bundle: bytes, ca_chain_pem: bytes) ->
             config = verifying.Config().use_certificate_verifier(certificate_chain=[ca])  # type: ignore[no-untyped-call]  # untyped
         except ValueError as exc:
             raise InvalidInputError(f"cannot load the trusted CA certificates: {exc}") from None
+        ignored = sorted(set(ignore))
+        if ignored:
+            config.set_hashing_config(hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=True))  # type: ignore[no-untyped-call]  # untyped library
         try:
             config.verify(model_path, sig)
         except OSError as exc:

@@ -150,7 +150,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from provenance.cli import assets, attestation, hashcmd, keys, logcmd, manifest, verifycmd
+    from provenance.cli import assets, attestation, hashcmd, keys, logcmd, manifest, sidecarcmd, verifycmd
 
     for command in (
         assets.dataset,
@@ -163,6 +163,7 @@ def _register() -> None:
         hashcmd.hash_command,
         verifycmd.verify,
         logcmd.log_group,
+        sidecarcmd.sidecar,
     ):
         cli.add_command(command)
 

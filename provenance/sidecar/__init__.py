@@ -3,12 +3,14 @@
 (:class:`EnvironmentCapture`), remembers what it signed (:class:`ArtifactLedger`) and delivers through a
 durable outbox (:class:`Spool`). Configured by :class:`SidecarSettings` (``MLPROV_SIDECAR_*``).
 
-The assembly (build manifest, sign, upload, register) sits on top of these; see each module's docstring.
-Never imports ``controller``.
+The assembly (:class:`Sidecar` in :mod:`provenance.sidecar.agent`: hash, classify, build, sign, spool,
+upload, register) sits on top of these, with :class:`ControllerClient` (the HTTP calls of
+docs/sidecar-protocol.md), :class:`SoftwareManifests` and :func:`load_task_info`. Never imports ``controller``.
 """
 
 from __future__ import annotations
 
+from provenance.sidecar.agent import Sidecar, Summary
 from provenance.sidecar.classify import (
     DEFAULT_RULES,
     ArtifactKind,
@@ -27,7 +29,9 @@ from provenance.sidecar.completion import (
     fingerprint,
 )
 from provenance.sidecar.config import SidecarSettings, get_sidecar_settings
+from provenance.sidecar.delivery import ControllerClient
 from provenance.sidecar.environment import ENVIRONMENT_ASSERTION_LABEL, EnvironmentCapture, capture_environment
+from provenance.sidecar.software import SoftwareManifests, SoftwareRef
 from provenance.sidecar.spool import (
     ArtifactLedger,
     ArtifactRecord,
@@ -39,6 +43,7 @@ from provenance.sidecar.spool import (
     Spool,
     SpoolItem,
 )
+from provenance.sidecar.taskinfo import TaskInfo, load_task_info
 from provenance.sidecar.watcher import WatchConfig, Watcher
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "ClassifierRule",
     "CompletionRules",
     "CompletionTracker",
+    "ControllerClient",
     "DeadItem",
     "DeliveryError",
     "EnvironmentCapture",
@@ -61,14 +67,20 @@ __all__ = [
     "IgnoreRules",
     "PermanentDeliveryError",
     "RetryableDeliveryError",
+    "Sidecar",
     "SidecarSettings",
+    "SoftwareManifests",
+    "SoftwareRef",
     "Spool",
     "SpoolItem",
+    "Summary",
+    "TaskInfo",
     "WatchConfig",
     "Watcher",
     "capture_environment",
     "fingerprint",
     "get_sidecar_settings",
     "load_rules",
+    "load_task_info",
     "media_type",
 ]

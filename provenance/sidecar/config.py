@@ -83,6 +83,10 @@ class SidecarSettings(BaseSettings):
     drain_timeout: float = Field(default=60.0, ge=0)
     """At job exit, how long to keep delivering before reporting what is left."""
     env_capture_timeout: float = Field(default=30.0, gt=0)
+    http_timeout: float = Field(default=10.0, gt=0)
+    """Seconds per HTTP call to the controller (an upload of a big artifact gets this per read/write)."""
+    exit_marker: Path | None = None
+    """The job-exit marker file (default ``<workspace>/.mlprov/job-exit``): when it appears, flush and exit."""
 
     @field_validator("markers", "ignore_patterns", "temp_patterns", mode="before")
     @classmethod
@@ -124,6 +128,10 @@ class SidecarSettings(BaseSettings):
     @property
     def state_file(self) -> Path:
         return self.effective_state_dir / "state.json"
+
+    @property
+    def effective_exit_marker(self) -> Path:
+        return self.exit_marker or self.workspace / ".mlprov" / "job-exit"
 
     @property
     def effective_spool_dir(self) -> Path:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from provenance.errors import StorageError
+from provenance.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, StorageError
 
 if TYPE_CHECKING:
     from provenance.sidecar.completion import FinishedArtifact
@@ -52,18 +52,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-
-class DeliveryError(StorageError):
-    """A delivery (upload or registration) did not succeed."""
-
-
-class RetryableDeliveryError(DeliveryError):
-    """Try again later: the server is down, timed out, or answered 5xx/429."""
-
-
-class PermanentDeliveryError(DeliveryError):
-    """Never try again: the server refused the item itself (4xx other than 408/429)."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -378,18 +366,24 @@ class ArtifactLedger:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._records: dict[str, list[ArtifactRecord]] = {}
+        self._software: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
                 raw = json.loads(self.path.read_text(encoding="utf-8"))
                 for name, records in raw.get("artifacts", {}).items():
                     self._records[name] = [ArtifactRecord(**r) for r in records]
+                self._software = dict(raw.get("software", {}))
             except (OSError, ValueError, TypeError) as exc:
                 raise StorageError(
                     f"sidecar state {self.path} is unreadable ({exc}); move it away to start afresh"
                 ) from exc
 
     def _save(self) -> None:
-        data = {"version": self.VERSION, "artifacts": {n: [asdict(r) for r in rs] for n, rs in self._records.items()}}
+        data = {
+            "version": self.VERSION,
+            "artifacts": {n: [asdict(r) for r in rs] for n, rs in self._records.items()},
+            "software": self._software,
+        }
         write_json_atomic(self.path, data)
 
     def latest(self, name: str) -> ArtifactRecord | None:
@@ -401,6 +395,18 @@ class ArtifactLedger:
         """The record of ``name`` with content ``digest``: if there is one, do not sign it again."""
         with self._lock:
             return next((r for r in self._records.get(name, []) if r.digest == digest), None)
+
+    def software(self, key: str) -> dict[str, Any] | None:
+        """The software manifest remembered for a code commit (``key``: e.g. ``<repo>@<commit>``)."""
+        with self._lock:
+            found = self._software.get(key)
+            return dict(found) if found is not None else None
+
+    def record_software(self, key: str, data: dict[str, Any]) -> None:
+        """Remember the software manifest of a code commit (JSON-ready ``data``), so a restart reuses it."""
+        with self._lock:
+            self._software[key] = dict(data)
+            self._save()
 
     def records(self) -> list[ArtifactRecord]:
         with self._lock:

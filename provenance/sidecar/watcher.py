@@ -231,6 +231,11 @@ class Watcher:
         while (item := self.get()) is not None:
             yield item
 
+    @property
+    def running(self) -> bool:
+        """The worker is alive: more reports may come (``False`` once flushed, stopped or crashed)."""
+        return self._worker is not None and self._worker.is_alive()
+
     def pending(self) -> list[str]:
         """Names still awaiting completion (a snapshot taken by the worker at its last pass)."""
         with self._cond:

@@ -1,0 +1,119 @@
+"""``mlprov sidecar``: run the provenance sidecar beside a job (the runtime starts it; see docs/sidecar-protocol.md).
+
+Reads ``MLPROV_TASK_ID``, ``MLPROV_TASK_TOKEN``, ``MLPROV_WORKSPACE``, ``MLPROV_CONTROLLER_URL``
+(``--workspace`` / ``--controller`` override the last two), the signing identity from ``MLPROV_HOME``
+and ``<workspace>/.mlprov/task.json``. Logs are JSON lines on stderr; at exit one JSON summary line
+goes to stdout. Exit 0 when every artifact was captured and delivered, 5 when something is left
+undelivered or was refused, 2 for bad input (task.json, settings, identity).
+
+``SIGTERM`` (and ``SIGINT``) mean "the job exited": the sidecar flushes, drains and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import click
+
+__all__ = ["configure_sidecar_logging", "sidecar"]
+
+
+def configure_sidecar_logging(task_id: str | None, stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    """structlog JSON lines on ``stream`` (stderr), ``task_id`` on every line, whichever thread logs."""
+    import structlog
+
+    def add_task(_: Any, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
+        if task_id is not None:
+            event.setdefault("task_id", task_id)
+        return event
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            add_task,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@click.command("sidecar")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The job's workspace (default $MLPROV_WORKSPACE, else the current directory).",
+)
+@click.option(
+    "--controller", "controller_url", default=None, help="Controller base URL (default $MLPROV_CONTROLLER_URL)."
+)
+@click.option("--once", is_flag=True, help="Capture what outputs/ holds now, deliver, and exit (no watching).")
+def sidecar(workspace: Path | None, controller_url: str | None, once: bool) -> int:
+    """Watch outputs/, sign every finished artifact and deliver its manifest to the controller."""
+    from pydantic import ValidationError
+
+    from provenance.config import load_settings
+    from provenance.errors import InvalidInputError
+    from provenance.keys import load_identity
+    from provenance.sidecar.agent import Sidecar
+    from provenance.sidecar.config import SidecarSettings
+    from provenance.sidecar.delivery import ControllerClient
+    from provenance.sidecar.taskinfo import load_task_info
+
+    overrides: dict[str, Any] = {}
+    if workspace is not None:
+        overrides["workspace"] = workspace
+    if controller_url is not None:
+        overrides["controller_url"] = controller_url
+    try:
+        settings = SidecarSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        raise InvalidInputError(f"sidecar settings: {where}: {first['msg']}") from None
+    configure_sidecar_logging(settings.task_id)
+    missing = [
+        name
+        for name, value in (
+            ("MLPROV_TASK_ID", settings.task_id),
+            ("MLPROV_TASK_TOKEN", settings.task_token),
+            ("MLPROV_CONTROLLER_URL (or --controller)", settings.controller_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise InvalidInputError(f"the sidecar needs {', '.join(missing)}; the runtime sets them")
+    assert settings.task_id
+    assert settings.task_token
+    assert settings.controller_url
+    task = load_task_info(settings.workspace, expected_task_id=settings.task_id)
+    if not settings.effective_outputs_dir.is_dir():
+        raise InvalidInputError(f"{settings.effective_outputs_dir} is not a directory; the job's outputs/ must exist")
+    identity = load_identity(load_settings().home)
+    client = ControllerClient(
+        settings.controller_url, settings.task_token.get_secret_value(), task.task_id, timeout=settings.http_timeout
+    )
+    with client:
+        agent = Sidecar(settings, task, identity, client)
+
+        def on_signal(signum: int, _: FrameType | None) -> None:
+            agent.request_exit()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        summary = agent.run(once=once)
+    click.echo(summary.to_json())
+    from provenance.cli.main import EXIT_OK, EXIT_STORAGE
+
+    return EXIT_OK if summary.ok else EXIT_STORAGE

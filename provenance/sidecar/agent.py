@@ -1,0 +1,467 @@
+"""The sidecar assembly: every finished artifact of ``outputs/`` becomes a signed, linked, delivered manifest.
+
+Per artifact (:meth:`Sidecar.process`), in this order:
+
+1. classify (:class:`~provenance.sidecar.classify.Classifier`): model, dataset, evaluation, config, other;
+2. hash once with sha256: a file's plain digest, a directory's OMS root digest without its completion
+   marker (``_SUCCESS``); the same hex serves as artifact digest and ingredient hash;
+3. skip it if the ledger already holds this (name, digest): never two manifests for one artifact;
+4. for a model, sign the OMS bundle (same ``ignore`` as the hash, so its subject digest is checked
+   against ours); build the Atlas manifest (kind mapping below), cross-referencing the task's input
+   manifests and the code's software manifest, with the CustomAssertions of docs/sidecar-protocol.md
+   section 3; sign it; sign the C2PA sidecar (a directory's is bound to its canonical listing);
+5. re-check the fingerprint: if the artifact changed since it was reported, nothing is kept (the
+   watcher reports the new version): a half-written file is never signed;
+6. ``spool.put`` (durable) then ``ledger.record_signed``; the spool's thread uploads the artifact
+   (``PUT``) and registers the manifest (``POST``), retrying with back-off; ``on_delivered`` marks it.
+
+Kinds: model -> ``model``, dataset -> ``dataset``, evaluation -> ``evaluation`` (metrics read from the
+file when it is a JSON object), config/other -> a ``dataset`` manifest; the classification is always in
+the ``mlprov.artifact`` assertion. The ingredient's ``file://`` URL is the path inside the job's
+workspace, a label only: verification elsewhere resolves artifacts **by digest from the store**.
+
+Job exit (SIGTERM or the exit marker file): the watcher flushes, everything pending is processed,
+the spool drains until ``drain_timeout``; :meth:`Sidecar.run` returns a :class:`Summary`. After a
+SIGKILL the restarted sidecar re-scans (the watcher skips what the ledger signed), reconciles the
+ledger with the spool and re-delivers what the spool holds (the controller is idempotent on ID).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from provenance.errors import ProvenanceError, RetryableDeliveryError
+from provenance.hashing import DirectoryDigest, hash_directory, hash_file
+from provenance.keys import SigningIdentity
+from provenance.manifest import AssetKind, build_manifest, custom_assertion, make_ingredient
+from provenance.sidecar.classify import Classification, Classifier
+from provenance.sidecar.completion import FinishedArtifact, fingerprint
+from provenance.sidecar.config import SidecarSettings
+from provenance.sidecar.delivery import ControllerClient
+from provenance.sidecar.environment import ENVIRONMENT_ASSERTION_LABEL, EnvironmentCapture
+from provenance.sidecar.software import CODE_KIND, SoftwareManifests, SoftwareRef
+from provenance.sidecar.spool import ArtifactLedger, Spool, SpoolItem
+from provenance.sidecar.taskinfo import TaskInfo
+from provenance.sidecar.watcher import ObserverLike, Watcher
+from provenance.signing import sign_manifest
+
+__all__ = ["OMS_BUNDLE_LABEL", "OUTPUT_KIND", "Sidecar", "Summary", "asset_kind"]
+
+log = structlog.get_logger(__name__)
+
+OUTPUT_KIND = "output"
+OMS_BUNDLE_LABEL = "mlprov.oms_bundle"
+OMS_BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+_METRICS_MAX_BYTES = 1024 * 1024
+
+
+def asset_kind(classification: Classification) -> AssetKind:
+    """The Atlas manifest kind of a classified artifact (config and other become dataset manifests)."""
+    kind = classification.kind
+    if kind in ("model", "dataset", "evaluation", "software"):
+        return kind
+    return "dataset"
+
+
+class _Changed(Exception):
+    """The artifact changed while it was being hashed or signed: drop this version."""
+
+
+@dataclass
+class Summary:
+    """The one-line JSON the sidecar prints at exit."""
+
+    task_id: str
+    captured: int
+    delivered: int
+    undelivered: int
+    failed: list[str] = field(default_factory=list)
+    dead: list[dict[str, str]] = field(default_factory=list)
+    software_manifest: str | None = None
+    software_delivered: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.undelivered == 0 and not self.failed and not self.dead and self.software_delivered
+
+    def to_json(self) -> str:
+        return json.dumps({"event": "sidecar_summary", "ok": self.ok, **asdict(self)}, sort_keys=True)
+
+
+def _metrics(path: Path) -> dict[str, Any] | None:
+    """Top-level scalar values of a JSON object file (``metrics.json``-like), else ``None``."""
+    try:
+        if path.stat().st_size > _METRICS_MAX_BYTES:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    found = {str(k): v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and v == v}  # no NaN
+    return found or None
+
+
+class Sidecar:
+    """One task's sidecar. ``run()`` blocks until the job exited and delivery drained (or timed out)."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        task: TaskInfo,
+        identity: SigningIdentity,
+        client: ControllerClient,
+        *,
+        classifier: Classifier | None = None,
+        environment: EnvironmentCapture | None = None,
+        observer_factory: Callable[[], ObserverLike] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.task = task
+        self.identity = identity
+        self.client = client
+        self.classifier = classifier or settings.classifier()
+        self.environment = environment or EnvironmentCapture(timeout=settings.env_capture_timeout)
+        state = settings.effective_state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self._scratch = state / "tmp"
+        self._scratch.mkdir(mode=0o700, exist_ok=True)
+        self.ledger = ArtifactLedger(settings.state_file)
+        self.spool = Spool(
+            settings.effective_spool_dir,
+            self._deliver,
+            backoff=settings.backoff(),
+            on_delivered=self._on_delivered,
+            max_attempts=settings.max_attempts,
+        )
+        self.software = SoftwareManifests(
+            client=client, identity=identity, ledger=self.ledger, spool=self.spool, workspace=settings.workspace
+        )
+        self.watcher = Watcher(
+            settings.effective_outputs_dir,
+            settings.watch_config(),
+            ledger=self.ledger,
+            observer_factory=observer_factory,
+        )
+        self._exit = threading.Event()
+        self._failed: list[str] = []
+        self._software_ref: SoftwareRef | None = None
+        self._environment: dict[str, Any] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def request_exit(self) -> None:
+        """The job exited (SIGTERM handler, exit marker, ``--once``): flush, drain and return. Signal-safe."""
+        self._exit.set()
+
+    def start(self) -> None:
+        """Reconcile state, warm up (imports, environment, software manifest), start delivering and watching."""
+        adopted = self.ledger.reconcile(self.spool.pending())
+        if adopted:
+            log.info("ledger_reconciled", adopted=len(adopted))
+        self._warm_up()
+        self._environment = self._capture_environment()
+        self._software_ref = self.software.resolve(self.task)
+        self.spool.start()
+        self.watcher.start()
+        log.info(
+            "sidecar_started",
+            outputs=str(self.watcher.outputs),
+            mode=self.watcher.mode,
+            software_manifest=self._software_ref.manifest_id if self._software_ref else None,
+            spooled=len(self.spool),
+        )
+
+    @staticmethod
+    def _warm_up() -> None:
+        """Import the signing libraries once, now, rather than inside the first artifact's latency."""
+        import c2pa  # noqa: F401
+        from model_signing import hashing, signing  # noqa: F401
+
+    def run(self, *, once: bool = False) -> Summary:
+        """Watch until the job exits, then flush and drain; return the summary."""
+        self.start()
+        if once:
+            self.request_exit()
+        finishing = False
+        marker = self.settings.effective_exit_marker
+        try:
+            while True:
+                if not finishing and (self._exit.is_set() or marker.exists()):
+                    finishing = True
+                    log.info("sidecar_finishing", reason="signal" if self._exit.is_set() else "exit-marker")
+                    self.watcher.finish(timeout=0)
+                item = self.watcher.get(timeout=0.2)
+                if item is not None:
+                    self.process(item)
+                    continue
+                if not self.watcher.running:  # flushed (or crashed): take what is still queued
+                    while (rest := self.watcher.get(timeout=0)) is not None:
+                        self.process(rest)
+                    break
+        finally:
+            self.watcher.stop()
+            self.spool.stop()
+        left = self.spool.drain(time.monotonic() + self.settings.drain_timeout)
+        summary = self.summary()
+        log.info("sidecar_done", ok=summary.ok, undelivered=summary.undelivered, spooled=len(left))
+        return summary
+
+    def summary(self) -> Summary:
+        records = self.ledger.records()
+        delivered = sum(1 for r in records if r.delivered)
+        pending_code = [i for i in self.spool.pending() if i.kind == CODE_KIND]
+        dead = [{"key": d.item.key, "kind": d.item.kind, "reason": d.reason} for d in self.spool.dead()]
+        return Summary(
+            task_id=self.task.task_id,
+            captured=len(records),
+            delivered=delivered,
+            undelivered=len(records) - delivered,
+            failed=list(self._failed),
+            dead=dead,
+            software_manifest=self._software_ref.manifest_id if self._software_ref else None,
+            software_delivered=not pending_code and not any(d["kind"] == CODE_KIND for d in dead),
+        )
+
+    # -- delivery (spool thread) -----------------------------------------------------------------------
+    def _deliver(self, item: SpoolItem) -> None:
+        with structlog.contextvars.bound_contextvars(manifest_id=item.key):
+            if item.kind == OUTPUT_KIND and any(i.kind == CODE_KIND for i in self.spool.pending()):
+                raise RetryableDeliveryError("waiting for the software manifest's registration first")
+            upload = item.payload.get("upload")
+            if upload:
+                self.client.upload_artifact(
+                    upload["digest"],
+                    Path(upload["path"]),
+                    is_dir=bool(upload["is_dir"]),
+                    exclude_top_level=frozenset(upload.get("exclude") or ()),
+                )
+            answer = self.client.register_manifest(item.payload["body"])
+            if item.kind == CODE_KIND:
+                self.software.delivered(item, answer)
+            elif answer["id"] != item.key:
+                log.warning("controller_answered_other_id", answered=answer["id"])
+
+    def _on_delivered(self, item: SpoolItem) -> None:
+        if item.kind == OUTPUT_KIND:
+            self.ledger.mark_delivered(item.key)
+            created = item.meta.get("signed_at")
+            latency = round(time.time() - created, 4) if isinstance(created, float) else None
+            log.info("manifest_delivered", manifest_id=item.key, since_signed_s=latency)
+
+    # -- per artifact ----------------------------------------------------------------------------------
+    def process(self, artifact: FinishedArtifact) -> str | None:
+        """Sign and spool one finished artifact; return its manifest ID (``None``: skipped or failed)."""
+        with structlog.contextvars.bound_contextvars(artifact=artifact.name, generation=artifact.generation):
+            try:
+                return self._process(artifact)
+            except _Changed as exc:
+                log.info("artifact_changed_while_signing", detail=str(exc))
+            except ProvenanceError as exc:
+                if not artifact.path.exists():
+                    log.info("artifact_vanished")
+                    return None
+                log.error("artifact_failed", error=str(exc), error_type=type(exc).__name__)
+                self._failed.append(artifact.name)
+            except Exception as exc:  # one bad artifact must not stop the capture of the others
+                log.exception("artifact_crashed", error=f"{type(exc).__name__}: {exc}")
+                self._failed.append(artifact.name)
+            return None
+
+    def _process(self, artifact: FinishedArtifact) -> str | None:
+        started = time.perf_counter()
+        path = artifact.path
+        exclude = frozenset({artifact.marker}) if artifact.marker else frozenset()
+        classification = self.classifier.classify(path)
+        listing: DirectoryDigest | None = None
+        if artifact.is_dir:
+            listing = hash_directory(path, "sha256", exclude_top_level=exclude)
+            hex_digest = listing.root
+        else:
+            hex_digest = hash_file(path, "sha256")
+        digest = f"sha256:{hex_digest}"
+        structlog.contextvars.bind_contextvars(artifact_digest=digest)
+        try:
+            existing = self.ledger.find(artifact.name, digest)
+            if existing is not None:
+                log.info("artifact_already_signed", manifest_id=existing.manifest_id)
+                return None
+            kind = asset_kind(classification)
+            media_type = None if artifact.is_dir else classification.media_type
+            ingredient = make_ingredient(
+                path, artifact.name, kind=kind, hash_alg="sha256", media_type=media_type, digest_hex=hex_digest
+            )
+            assertions = self._assertions(artifact, classification, digest, ingredient["dc:format"], exclude)
+            oms_bundle = self._oms_bundle(path, hex_digest, exclude, artifact.is_dir) if kind == "model" else None
+            if oms_bundle is not None:
+                assertions.append(
+                    custom_assertion(
+                        OMS_BUNDLE_LABEL,
+                        {
+                            "digest": f"sha256:{hashlib.sha256(oms_bundle).hexdigest()}",
+                            "media_type": OMS_BUNDLE_MEDIA_TYPE,
+                            "subject": digest,
+                            "ignore": sorted(exclude),
+                        },
+                    )
+                )
+            unsigned = build_manifest(
+                kind=kind,
+                title=artifact.name,
+                ingredients=[ingredient],
+                description=f"{classification.kind} written by task {self.task.task_id} ({self.task.service or 'job'})",
+                cross_references=self._cross_references(),
+                assertions=assertions,
+                parameters=self._evaluation_links() if kind == "evaluation" else None,
+                metrics=_metrics(path) if kind == "evaluation" and not artifact.is_dir else None,
+            )
+            signed = sign_manifest(unsigned, self.identity, hash_alg="sha256")
+            manifest_id = str(signed["instance_id"])
+            structlog.contextvars.bind_contextvars(manifest_id=manifest_id)
+            c2pa = self._c2pa(path, listing, signed)
+            if fingerprint(path) != artifact.fingerprint:
+                raise _Changed("fingerprint differs from the one reported complete")
+            body = {
+                "manifest": signed,
+                "c2pa": base64.b64encode(c2pa).decode() if c2pa is not None else None,
+                "oms_bundle": base64.b64encode(oms_bundle).decode() if oms_bundle is not None else None,
+                "artifact": {
+                    "digest": digest,
+                    "name": artifact.name,
+                    "kind": classification.kind,
+                    "size": artifact.size,
+                    "media_type": ingredient["dc:format"],
+                },
+                "role": "output",
+            }
+            upload = {"digest": digest, "path": str(path), "is_dir": artifact.is_dir, "exclude": sorted(exclude)}
+            meta = {**ArtifactLedger.spool_meta(artifact, digest), "signed_at": time.time()}
+            self.spool.put(manifest_id, {"body": body, "upload": upload}, kind=OUTPUT_KIND, meta=meta)
+            self.ledger.record_signed(artifact, digest=digest, manifest_id=manifest_id)
+            log.info(
+                "artifact_signed",
+                kind=classification.kind,
+                size=artifact.size,
+                reason=artifact.reason,
+                sign_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            return manifest_id
+        finally:
+            structlog.contextvars.unbind_contextvars("artifact_digest", "manifest_id")
+
+    # -- pieces ----------------------------------------------------------------------------------------
+    def _capture_environment(self) -> dict[str, Any]:
+        interpreter = self.settings.interpreter or self.task.environment.get("interpreter")
+        if interpreter is not None and not Path(str(interpreter)).exists():
+            interpreter = None  # another container's path (Kubernetes): the image digest identifies it
+        try:
+            return self.environment.get(interpreter, image_digest=self.settings.image_digest)
+        except ProvenanceError as exc:
+            log.warning("environment_capture_failed", error=str(exc))
+            return {"error": str(exc), "interpreter": str(interpreter) if interpreter else None}
+
+    def _assertions(
+        self,
+        artifact: FinishedArtifact,
+        classification: Classification,
+        digest: str,
+        media_type: str,
+        exclude: frozenset[str],
+    ) -> list[dict[str, Any]]:
+        task, code = self.task, self.task.code
+        return [
+            custom_assertion(
+                "mlprov.task", {"task_id": task.task_id, "attempt": task.attempt, "service": task.service}
+            ),
+            custom_assertion("mlprov.run", task.run.model_dump()),
+            custom_assertion("mlprov.parameters", task.params),
+            custom_assertion("mlprov.code", code.model_dump() if code is not None else None),
+            custom_assertion(ENVIRONMENT_ASSERTION_LABEL, self._environment or {}),
+            custom_assertion(
+                "mlprov.artifact",
+                {
+                    "name": artifact.name,
+                    "digest": digest,
+                    "classification": classification.kind,
+                    "size": artifact.size,
+                    "media_type": media_type,
+                    "workspace_path": f"outputs/{artifact.name}",
+                    "excluded": sorted(exclude),
+                    "generation": artifact.generation,
+                },
+            ),
+            custom_assertion(
+                "mlprov.inputs",
+                [
+                    {"name": i.name, "digest": i.digest, "kind": i.kind, "manifest_id": i.manifest_id}
+                    for i in task.inputs
+                ],
+            ),
+        ]
+
+    def _cross_references(self) -> list[dict[str, Any]]:
+        refs = [
+            {"manifest_url": i.manifest_id, "manifest_hash": i.manifest_hash, "media_type": "application/json"}
+            for i in self.task.linked_inputs()
+        ]
+        if self._software_ref is not None:
+            refs.append(self._software_ref.cross_reference())
+        return refs
+
+    def _evaluation_links(self) -> dict[str, Any]:
+        def first(kind: str) -> str | None:
+            return next((i.manifest_id for i in self.task.linked_inputs() if i.kind == kind), None)
+
+        return {"model_id": first("model"), "dataset_id": first("dataset")}
+
+    def _oms_bundle(self, path: Path, hex_digest: str, exclude: frozenset[str], is_dir: bool) -> bytes | None:
+        if not self.identity.chain:
+            return None
+        from provenance.oms import bundle_subject_digest, sign_model
+
+        bundle = sign_model(
+            path,
+            private_key_pem=self.identity.private_key_pem,
+            chain_pem=self.identity.chain_pem,
+            workdir=self._scratch,
+            ignore=sorted(exclude),
+        )
+        # model_signing re-hashed the model: its subject must name the bytes we hashed.
+        expected = hex_digest if is_dir else hashlib.sha256(bytes.fromhex(hex_digest)).hexdigest()
+        if bundle_subject_digest(bundle) != expected:
+            raise _Changed("OMS subject digest differs from the artifact digest")
+        return bundle
+
+    def _c2pa(self, path: Path, listing: DirectoryDigest | None, signed: dict[str, Any]) -> bytes | None:
+        if not self.identity.chain:
+            return None
+        from provenance.c2pa_sidecar import directory_listing, sign_sidecar
+
+        def sign(asset: Path) -> bytes:
+            return sign_sidecar(
+                asset,
+                private_key_pem=self.identity.private_key_pem,
+                chain_pem=self.identity.chain_pem,
+                title=str(signed["title"]),
+                manifest_id=str(signed["instance_id"]),
+            )
+
+        if listing is None:
+            return sign(path)
+        # The bytes c2pa_sidecar binds a directory to, without the marker: sign them as a file.
+        listing_file = self._scratch / f"listing-{uuid.uuid4().hex}"
+        listing_file.write_bytes(directory_listing(listing))
+        try:
+            return sign(listing_file)
+        finally:
+            listing_file.unlink(missing_ok=True)
