@@ -1,0 +1,23 @@
+"""Job runtimes behind the ``Runtime`` Protocol (``base``); ``build_runtime`` picks one from settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from controller.runtime.base import JobHandle, JobSpec, JobState, JobStatus, OutputLine, Runtime
+
+if TYPE_CHECKING:
+    from controller.settings import Settings
+
+__all__ = ["JobHandle", "JobSpec", "JobState", "JobStatus", "OutputLine", "Runtime", "build_runtime"]
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The runtime ``settings.runtime`` names; ``local`` is the embedded default."""
+    if settings.runtime == "local":
+        from controller.runtime.local import LocalRuntime
+
+        return LocalRuntime()
+    from controller.errors import ControllerError
+
+    raise ControllerError(f"MLPROV_RUNTIME={settings.runtime!r} is not available yet; use MLPROV_RUNTIME=local")

@@ -1,0 +1,239 @@
+"""The service catalog's spec model and ``services.yaml`` loading.
+
+A service (JSON over the API, the same keys in YAML)::
+
+    {name, kind: job|server|external, command: [argv] | image, env: {}, params: {},
+     resources: {cpu, memory, gpus}, locks: [names], timeout,
+     port, health_path          # server
+     url, method}               # external
+
+``job`` needs ``command`` or ``image``; ``server`` also ``port`` and ``health_path``; ``external``
+needs ``url`` and ``method`` (and no command/image). Names are ``[a-z0-9][a-z0-9_.-]{0,62}`` and
+never ``.``/``..``: a bad name raises :class:`~controller.errors.InvalidNameError` (HTTP 400), other
+problems a pydantic ``ValidationError`` (HTTP 422), both naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from controller.errors import CatalogError, InvalidInputError, InvalidNameError
+from controller.store.models import ServiceKind
+
+__all__ = [
+    "LOCK_NAME_PATTERN",
+    "SERVICE_NAME_PATTERN",
+    "Resources",
+    "ServiceSpec",
+    "load_services_file",
+    "memory_bytes",
+    "millicores",
+    "validate_service_name",
+]
+
+SERVICE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+LOCK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_SERVICE_NAME = re.compile(SERVICE_NAME_PATTERN)
+_CPU = re.compile(r"^(\d+(\.\d+)?)(m?)$")
+_MEMORY = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|K|M|G|T|P|k)?$")
+_MEMORY_UNITS = {
+    None: 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def validate_service_name(name: str) -> str:
+    """``name`` if it is a valid service name; :class:`InvalidNameError` (400) otherwise."""
+    if not _SERVICE_NAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidNameError(
+            f"service name {name!r} is not allowed: use 1-63 characters from a-z 0-9 _ . - starting with a "
+            "letter or digit (no '/', '\\' or '..')"
+        )
+    return name
+
+
+def millicores(cpu: str | float) -> int:
+    """Kubernetes CPU quantity (``2``, ``0.5``, ``500m``) in millicores; ValueError when malformed."""
+    match = _CPU.fullmatch(str(cpu).strip())
+    if not match:
+        raise ValueError(f"cpu {cpu!r} is not a quantity: use cores (2, 0.5) or millicores (500m)")
+    value = Decimal(match.group(1))
+    result = int(value if match.group(3) else value * 1000)
+    if result <= 0:
+        raise ValueError(f"cpu {cpu!r} must be more than zero")
+    return result
+
+
+def memory_bytes(memory: str | int) -> int:
+    """Kubernetes memory quantity (``512Mi``, ``2Gi``, ``1G``, bytes) in bytes; ValueError when malformed."""
+    match = _MEMORY.fullmatch(str(memory).strip())
+    if not match:
+        raise ValueError(f"memory {memory!r} is not a quantity: use bytes or a unit suffix (512Mi, 2Gi, 1G)")
+    try:
+        result = int(Decimal(match.group(1)) * _MEMORY_UNITS[match.group(3)])
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+        raise ValueError(f"memory {memory!r} is not a quantity") from exc
+    if result <= 0:
+        raise ValueError(f"memory {memory!r} must be more than zero")
+    return result
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: str | float | None = None
+    """Cores (``2``, ``0.5``) or millicores (``500m``)."""
+    memory: str | int | None = None
+    """Bytes or a Kubernetes quantity (``512Mi``, ``2Gi``)."""
+    gpus: int = Field(default=0, ge=0, le=64)
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            millicores(value)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            memory_bytes(value)
+        return value
+
+
+LockName = Annotated[str, Field(pattern=LOCK_NAME_PATTERN)]
+
+
+class ServiceSpec(BaseModel):
+    """One catalog entry; validated the same way from the API and from ``services.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=255, json_schema_extra={"pattern": SERVICE_NAME_PATTERN})
+    kind: ServiceKind = ServiceKind.JOB
+    description: str | None = Field(default=None, max_length=2000)
+    command: list[str] | None = Field(default=None, min_length=1)
+    """argv, run with the job's workspace as working directory (never a shell string)."""
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    env: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Default parameters; a task's ``params`` are merged over them."""
+    resources: Resources = Field(default_factory=Resources)
+    locks: list[LockName] = Field(default_factory=list)
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds."""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """``server``: the port it listens on."""
+    health_path: str | None = Field(default=None, pattern=r"^/[^\s]*$")
+    """``server``: a path answering 2xx when ready, e.g. ``/healthz``."""
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    """``external``: the endpoint the controller calls."""
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = None
+    """``external``: the HTTP method."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # Raises InvalidNameError, which pydantic does not wrap: the API answers 400, not 422.
+        return validate_service_name(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value[0].strip():
+            raise ValueError("command[0] must name a program")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"environment variable names must match [A-Za-z_][A-Za-z0-9_]*: {bad}")
+        return value
+
+    @field_validator("locks")
+    @classmethod
+    def _unique_locks(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("locks must not repeat a name")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ServiceSpec:
+        if self.kind is ServiceKind.EXTERNAL:
+            if not self.url or not self.method:
+                raise ValueError("an external service needs url (http(s)://...) and method (GET, POST, ...)")
+            if self.command or self.image:
+                raise ValueError("an external service is called over HTTP: remove command/image")
+            return self
+        if not self.command and not self.image:
+            raise ValueError(f"a {self.kind.value} service needs command (an argv list) or image")
+        if self.command and self.image:
+            raise ValueError("give either command or image, not both")
+        if self.kind is ServiceKind.SERVER and (self.port is None or not self.health_path):
+            raise ValueError("a server service needs port and health_path (e.g. 8000 and /healthz)")
+        if self.url or self.method:
+            raise ValueError(f"url/method are for external services, not {self.kind.value}")
+        return self
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ())) or "(entry)"
+    return f"{where}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+def load_services_file(path: Path) -> list[ServiceSpec]:
+    """Parse and validate ``services.yaml``; :class:`CatalogError` names the file, entry and field.
+
+    The file is either a list of services or ``{services: [...]}``.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the services file ({exc.strerror}): fix MLPROV_SERVICES_FILE") from exc
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return []
+    entries = data.get("services") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise CatalogError(f"{path}: expected a list of services (or `services:` holding one)")
+    specs: list[ServiceSpec] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        label = f"entry {index}"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            label += f" ({entry['name']!r})"
+        if not isinstance(entry, dict):
+            raise CatalogError(f"{path}: {label}: a service must be a mapping of keys (name, kind, command, ...)")
+        try:
+            spec = ServiceSpec.model_validate(entry)
+        except ValidationError as exc:
+            problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+            raise CatalogError(f"{path}: {label}: {problems}") from exc
+        except InvalidInputError as exc:
+            raise CatalogError(f"{path}: {label}: name: {exc}") from exc
+        if spec.name in seen:
+            raise CatalogError(f"{path}: {label}: name: {spec.name!r} is defined twice")
+        seen.add(spec.name)
+        specs.append(spec)
+    return specs

@@ -1,0 +1,62 @@
+"""The ``mlprov`` console script: the provenance CLI's click group plus ``mlprov serve``.
+
+``main()`` runs the group. ``serve`` starts the controller app with uvicorn.
+"""
+
+from __future__ import annotations
+
+import click
+from pydantic import ValidationError
+
+from controller.errors import ControllerError
+
+__all__ = ["cli", "main", "serve"]
+
+
+def _group() -> click.Group:
+    try:
+        from provenance.cli import cli as group
+    except ImportError:
+        try:
+            from provenance.cli.main import cli as group
+        except ImportError:  # the provenance CLI has not landed yet: a bare group
+            return click.Group(name="mlprov", help="mlprov: traceability-first MLOps.")
+    assert isinstance(group, click.Group)
+    return group
+
+
+cli = _group()
+
+
+@cli.command("serve")
+@click.option("--host", default=None, help="Interface to bind (default: MLPROV_HOST or 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: MLPROV_PORT or 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the ML service controller (FastAPI under /api/v1, docs at /docs)."""
+    import uvicorn
+
+    from controller.catalog import load_services_file
+    from controller.main import create_app
+    from controller.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"MLPROV_{'_'.join(str(p) for p in e['loc']).upper() or '(settings)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.ClickException(f"invalid settings: {problems}") from exc
+    updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = settings.model_copy(update=updates)
+    try:
+        if settings.services_file is not None:
+            load_services_file(settings.services_file)  # fail here with one line, not in the lifespan
+        app = create_app(settings)
+    except ControllerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def main() -> None:
+    """Entry point of the ``mlprov`` console script."""
+    cli()

@@ -1,0 +1,310 @@
+"""The tiny wrapper every local job runs under: it outlives the controller and leaves evidence on disk.
+
+A process that is not our child cannot be waited for, so a restarted controller could never learn how
+a job ended (ADR 0003). The local runtime therefore starts this wrapper as a new session (its pid is
+the process group the handle names), in the workspace, and the wrapper does what needs a parent:
+
+* spawns the sidecar (if any) first, then the job, each in its own process group; the job does not
+  see ``MLPROV_TASK_TOKEN`` (only the sidecar needs it);
+* reads both processes' stdout and stderr and appends every line, timestamped, to ``output.jsonl``
+  in its state directory, one line per record: ``<epoch seconds> <component> <stream> <text>``
+  (the controller tails that file, also after a restart);
+* enforces the timeout and turns ``SIGTERM`` into a cancel: ``SIGTERM`` to the job's group, a grace
+  period, then ``SIGKILL``; when the job leader exits, stray processes left in its group are killed;
+* once the job has ended, sends the sidecar ``SIGTERM`` ("the job is done: finish your work and
+  exit"), waits up to ``sidecar_grace`` (``grace`` after a cancel), then
+* writes ``exit.json`` atomically: state, exit code (128 + signal when killed), reason, timings.
+
+Start-up is on the dispatch path, so this runs as a script (``python -I -S launcher.py ...``), is one
+thread with a ``poll`` loop, and imports only ``os``, ``sys``, ``time``, ``select`` and ``_signal``
+(``subprocess``, ``json`` and ``threading`` would double its start-up). The runtime also keeps one
+launcher started ahead (``--standby``, see :func:`standby`) and hands it the next job on stdin, so
+interpreter start-up is off the path altogether. Arguments::
+
+    launcher.py STATE_DIR TIMEOUT|- GRACE SIDECAR_GRACE N_SIDECAR_ARGS [SIDECAR_ARGV...] COMMAND_ARGV...
+    launcher.py --standby          (request on stdin)
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]  # signal's C core: `signal` itself imports enum (start-up)
+import contextlib
+import os
+import select
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["EXIT_FILE", "LAUNCH_FILE", "OUTPUT_FILE", "PIDS_FILE", "main", "parse_line"]
+
+LAUNCH_FILE = "launch.json"
+OUTPUT_FILE = "output.jsonl"
+PIDS_FILE = "pids.json"
+EXIT_FILE = "exit.json"
+SIDECAR_ONLY_ENV = ("MLPROV_TASK_TOKEN",)
+_MAX_LINE = 64 * 1024
+_PIPE_DRAIN = 2.0  # a grandchild that escaped the group may hold a pipe open: stop reading after this
+_SIGNAMES = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"}
+_IN = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+def parse_line(line: str) -> tuple[float, str, str, str]:
+    """``(timestamp, component, stream, text)`` of one ``output.jsonl`` line (without its newline)."""
+    stamp, component, stream, text = line.split(" ", 3)
+    return float(stamp), component, stream, text
+
+
+def _json(value: object) -> str:
+    """Just enough JSON for ``exit.json``/``pids.json`` (None, numbers, strings, flat dicts)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        out = []
+        for ch in value:
+            if ch in '"\\':
+                out.append("\\" + ch)
+            elif ord(ch) < 0x20:
+                out.append(f"\\u{ord(ch):04x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_json(str(k))}: {_json(v)}" for k, v in value.items()) + "}"
+    raise TypeError(type(value).__name__)
+
+
+def _write_atomic(path: str, data: Mapping[str, object]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(_json(data))
+    os.replace(tmp, path)
+
+
+def _killpg(pgid: int | None, signum: int) -> None:
+    if pgid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _exit_code(status: int) -> tuple[int, str | None]:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return 128 - code, f"killed by signal {_SIGNAMES.get(-code, str(-code))}"
+    return code, None
+
+
+class _Proc:
+    """A spawned child in its own process group, with its two pipes."""
+
+    def __init__(self, component: str, argv: list[str], env: dict[str, str]) -> None:
+        self.component = component
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        try:
+            self.pid = os.posix_spawnp(
+                argv[0], argv, env, file_actions=actions, setpgroup=0,
+                setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGTERM, _signal.SIGINT, _signal.SIGCHLD),
+            )  # fmt: skip
+        except OSError:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, null):
+                os.close(fd)
+        self.pipes = {out_r: "stdout", err_r: "stderr"}
+        self.status: int | None = None
+
+
+def standby() -> int:
+    """Warm start: wait (already started, imports done) for one job on stdin, then run it.
+
+    The request is NUL-separated: ``cwd``, ``n_env``, ``KEY=VALUE`` x n_env, then the usual arguments
+    (``STATE_DIR TIMEOUT GRACE SIDECAR_GRACE N_SIDECAR_ARGS ...``). EOF without a request (the
+    controller stopped or closed the runtime) exits quietly."""
+    chunks = []
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    request = b"".join(chunks)
+    if not request:
+        return 0
+    fields = [f.decode("utf-8", "surrogateescape") for f in request.split(b"\0")]
+    cwd, n_env = fields[0], int(fields[1])
+    env = dict(item.split("=", 1) for item in fields[2 : 2 + n_env])
+    args = ["launcher", *fields[2 + n_env :]]
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)  # posix_spawnp searches the PATH of this process
+    log_fd = os.open(os.path.join(args[1], "launcher.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    return main(args)
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:2] == ["--standby"]:
+        return standby()
+    state = argv[1]
+    timeout = None if argv[2] == "-" else float(argv[2])
+    grace, sidecar_grace = float(argv[3]), float(argv[4])
+    n_side = int(argv[5])
+    sidecar_argv, command = argv[6 : 6 + n_side], argv[6 + n_side :]
+    env = dict(os.environ)
+    job_env = {k: v for k, v in env.items() if k not in SIDECAR_ONLY_ENV}
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    _signal.set_wakeup_fd(wake_w)
+    cancelled = [False]
+
+    def on_term(signum: int, frame: object) -> None:
+        cancelled[0] = True
+
+    _signal.signal(_signal.SIGTERM, on_term)
+    _signal.signal(_signal.SIGINT, on_term)
+    _signal.signal(_signal.SIGCHLD, lambda signum, frame: None)  # a handler, so SIGCHLD wakes the poll
+
+    out_fd = os.open(os.path.join(state, OUTPUT_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def emit(component: str, stream: str, texts: list[str]) -> None:
+        stamp = f"{time.time():.6f}"
+        os.write(out_fd, "".join(f"{stamp} {component} {stream} {t}\n" for t in texts).encode("utf-8", "replace"))
+
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    readers: dict[int, tuple[str, str]] = {}
+    partial: dict[int, bytes] = {}
+    started_at = time.time()
+    result: dict[str, object] = {"started_at": started_at}
+
+    def watch(proc: _Proc) -> None:
+        for fd, stream in proc.pipes.items():
+            readers[fd] = (proc.component, stream)
+            partial[fd] = b""
+            poller.register(fd, _IN)
+
+    sidecar: _Proc | None = None
+    if sidecar_argv:
+        try:
+            sidecar = _Proc("sidecar", sidecar_argv, env)
+            watch(sidecar)
+        except OSError as exc:
+            emit("sidecar", "stderr", [f"cannot start the sidecar {sidecar_argv[0]!r}: {exc.strerror or exc}"])
+    job: _Proc | None = None
+    try:
+        job = _Proc("job", command, job_env)
+        watch(job)
+    except OSError as exc:
+        failure = f"cannot start {command[0]!r}: {exc.strerror or exc}"
+        emit("job", "stderr", [failure])
+        result.update(state="failed", exit_code=127, reason=failure)
+    pids = {"launcher": os.getpid(), "job": job.pid if job else None, "sidecar": sidecar.pid if sidecar else None}
+    _write_atomic(os.path.join(state, PIDS_FILE), pids)
+
+    deadline = None if timeout is None else started_at + timeout
+    timed_out = False
+    kill_at: float | None = None  # SIGKILL the job's group at this time (after SIGTERM)
+    sidecar_kill_at: float | None = None
+    job_done_at: float | None = None if job is not None else time.time()
+    drain_until: float | None = None
+
+    while True:
+        now = time.time()
+        # --- reap -----------------------------------------------------------------------------
+        for proc in (job, sidecar):
+            if proc is not None and proc.status is None:
+                try:
+                    pid, status = os.waitpid(proc.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = proc.pid, 0
+                if pid == proc.pid:
+                    proc.status = status
+        # --- the job ----------------------------------------------------------------------------
+        if job is not None and job.status is None:
+            if kill_at is None and (cancelled[0] or (deadline is not None and now >= deadline)):
+                timed_out = not cancelled[0]
+                _killpg(job.pid, _signal.SIGTERM)
+                kill_at = now + grace
+            elif kill_at is not None and now >= kill_at:
+                _killpg(job.pid, _signal.SIGKILL)
+                kill_at = now + 3600.0
+        elif job_done_at is None and job is not None and job.status is not None:
+            job_done_at = now
+            _killpg(job.pid, _signal.SIGKILL)  # strays left in the job's group do not outlive it
+            code, reason = _exit_code(job.status)
+            if timed_out:
+                result.update(state="timed_out", reason=f"timed out after {timeout} s")
+            elif cancelled[0]:
+                result.update(state="cancelled", reason="cancelled")
+            elif code == 0:
+                result.update(state="succeeded", reason=None)
+            else:
+                result.update(state="failed", reason=reason or f"exit code {code}")
+            result["exit_code"] = code
+            result["job_finished_at"] = now
+        # --- the sidecar, once the job is done ---------------------------------------------------
+        if job_done_at is not None and sidecar is not None and sidecar.status is None:
+            if sidecar_kill_at is None:
+                _killpg(sidecar.pid, _signal.SIGTERM)  # "the job is done"
+                sidecar_kill_at = now + (grace if cancelled[0] else sidecar_grace)
+            elif now >= sidecar_kill_at:
+                _killpg(sidecar.pid, _signal.SIGKILL)
+                sidecar_kill_at = now + 3600.0
+        all_exited = job_done_at is not None and (sidecar is None or sidecar.status is not None)
+        if all_exited:
+            drain_until = drain_until or now + _PIPE_DRAIN
+            if not readers or now >= drain_until:
+                break
+        # --- wait for output, a signal or the next deadline --------------------------------------
+        waits = [t for t in (deadline if kill_at is None else kill_at, sidecar_kill_at, drain_until) if t is not None]
+        wait_ms = max(0, min(int((min(waits) - now) * 1000) + 1, 500)) if waits else 500
+        for fd, _event in poller.poll(wait_ms):
+            if fd == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+                continue
+            data = os.read(fd, 65536)
+            component, stream = readers[fd]
+            if not data:
+                if partial[fd]:
+                    emit(component, stream, [partial[fd].decode("utf-8", "replace").rstrip("\r")])
+                poller.unregister(fd)
+                os.close(fd)
+                del readers[fd], partial[fd]
+                continue
+            chunks = (partial[fd] + data).split(b"\n")
+            partial[fd] = chunks.pop()
+            if len(partial[fd]) > _MAX_LINE:
+                chunks.append(partial[fd])
+                partial[fd] = b""
+            if chunks:
+                emit(component, stream, [c.decode("utf-8", "replace").rstrip("\r") for c in chunks])
+
+    if sidecar is not None and sidecar.status is not None:
+        sidecar_code, _ = _exit_code(sidecar.status)
+        result["sidecar_exit_code"] = sidecar_code
+        if result.get("state") == "succeeded" and sidecar_code != 0:
+            result.update(state="failed", reason=f"the job succeeded but the sidecar exited with {sidecar_code}")
+    result.setdefault("job_finished_at", time.time())
+    os.close(out_fd)
+    result["finished_at"] = time.time()
+    _write_atomic(os.path.join(state, EXIT_FILE), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

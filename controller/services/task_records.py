@@ -1,0 +1,243 @@
+"""The dispatcher's writes: each task state change is one transaction, its events published after commit.
+
+Functions take the session factory and return the bus records to publish (the caller publishes them
+once the transaction committed, so the bus never carries an event of a rolled-back change).
+:class:`MlflowBridge` turns a task into its MLflow run (``controller.mlflow_recorder``), off the
+dispatch path and never failing the task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from controller.auth import revoke_task_tokens
+from controller.logging import get_logger
+from controller.logs.base import LogRecord
+from controller.runtime.base import JobStatus
+from controller.services import outputs as outputs_mod
+from controller.services.locks import LockService
+from controller.services.refs import ResolvedArtifact
+from controller.store.db import session_scope
+from controller.store.models import Job, Task, TaskAttempt, TaskEvent, TaskState, utcnow
+
+__all__ = [
+    "MlflowBridge",
+    "add_event",
+    "deep_merge",
+    "record_end",
+    "record_end_without_job",
+    "record_launching",
+    "record_started",
+]
+
+log = get_logger(__name__)
+
+_END_EVENT = {TaskState.CANCELLED: "cancelled", TaskState.LOST: "lost"}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``; nested dicts are merged, anything else replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def add_event(
+    session: Session, task: Task, event: str, pending: list[LogRecord], attempt: int | None = None, **detail: Any
+) -> None:
+    """A task event row in the caller's transaction, and its bus record queued for after the commit."""
+    session.add(TaskEvent(task_id=task.id, attempt=attempt, event=event, detail=detail))
+    message = event.replace("_", " ") + (f": {detail['reason']}" if detail.get("reason") else "")
+    pending.append(
+        LogRecord(
+            timestamp=time.time(),
+            message=message,
+            component="event",
+            level="error" if event in ("failed", "lost") else "info",
+            run_id=task.run_id,
+            dag_id=task.dag_id,
+            task_id=task.id,
+            attempt=attempt,
+            event=event,
+            fields={"service": task.service, **detail},
+        )
+    )
+
+
+def _job(session: Session, task_id: str, attempt: int) -> Job:
+    job = session.scalar(select(Job).where(Job.task_id == task_id, Job.attempt == attempt))
+    assert job is not None, f"no job row for {task_id} attempt {attempt}"
+    return job
+
+
+def _attempt(session: Session, task_id: str, attempt: int) -> TaskAttempt:
+    row = session.scalar(select(TaskAttempt).where(TaskAttempt.task_id == task_id, TaskAttempt.attempt == attempt))
+    assert row is not None, f"no attempt row for {task_id} attempt {attempt}"
+    return row
+
+
+def record_launching(
+    factory: sessionmaker[Session],
+    task_id: str,
+    attempt: int,
+    resolved: Sequence[ResolvedArtifact],
+    code: dict[str, Any] | None,
+    workspace: Path,
+    runtime_name: str,
+    issue_token: Callable[[Session, str], str],
+) -> tuple[str | None, list[LogRecord]]:
+    """Refs resolved and workspace ready: record both refs and what they resolved to, the consumed and
+    code lineage edges, the attempt and job rows (``launching``) and the sidecar's task token.
+
+    Returns (token, records); the token is None (nothing recorded) when a cancel arrived meanwhile."""
+    pending: list[LogRecord] = []
+    with session_scope(factory) as session:
+        task = session.get(Task, task_id)
+        if task is None or task.cancel_requested_at is not None:
+            return None, pending
+        task.inputs = [{"ref": r.ref, "digest": r.digest, "name": r.name, "size": r.size} for r in resolved]
+        if code is not None:
+            task.code = code
+            add_event(session, task, "code_resolved", pending, attempt=attempt, **code)
+            outputs_mod.add_edge(session, "code", f"{code['repo']}@{code['commit']}", "task", task_id, "code")
+        for item in resolved:
+            add_event(session, task, "input_resolved", pending, attempt=attempt, ref=item.ref, digest=item.digest)
+            outputs_mod.add_edge(session, "artifact", item.digest, "task", task_id, "consumed")
+        session.add(TaskAttempt(task_id=task_id, attempt=attempt, state="launching", created_at=utcnow()))
+        session.add(
+            Job(task_id=task_id, attempt=attempt, runtime=runtime_name, workspace=str(workspace), state="launching")
+        )
+        return issue_token(session, task_id), pending
+
+
+def record_started(
+    factory: sessionmaker[Session], task_id: str, attempt: int, ref: str
+) -> tuple[datetime, datetime, list[LogRecord]]:
+    """Job launched: job, attempt and task ``running``; returns (submitted_at, now, records)."""
+    pending: list[LogRecord] = []
+    with session_scope(factory) as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        now = utcnow()
+        job = _job(session, task_id, attempt)
+        job.ref, job.state, job.started_at = ref, "running", now
+        row = _attempt(session, task_id, attempt)
+        row.state, row.started_at = "running", now
+        task.state, task.started_at = TaskState.RUNNING, now
+        add_event(session, task, "started", pending, attempt=attempt, job=ref)
+        return task.submitted_at, now, pending
+
+
+def record_end_without_job(
+    factory: sessionmaker[Session], locks: LockService, task_id: str, attempt: int, state: TaskState, reason: str
+) -> list[LogRecord]:
+    """The task ended before (or while) its job was launched: failed, cancelled or lost; locks released."""
+    pending: list[LogRecord] = []
+    with session_scope(factory) as session:
+        task = session.get(Task, task_id)
+        if task is None:
+            return pending
+        now = utcnow()
+        for job in session.scalars(select(Job).where(Job.task_id == task_id, Job.state == "launching")):
+            job.state, job.reason, job.finished_at = state.value, reason, now
+        for row in session.scalars(
+            select(TaskAttempt).where(TaskAttempt.task_id == task_id, TaskAttempt.state == "launching")
+        ):
+            row.state, row.reason, row.finished_at = state.value, reason, now
+        task.state, task.reason, task.finished_at = state, reason, now
+        released = locks.release(session, task_id)
+        revoke_task_tokens(session, task_id)
+        add_event(
+            session, task, _END_EVENT.get(state, "failed"), pending, attempt=attempt, reason=reason, released=released
+        )
+    return pending
+
+
+def record_end(
+    factory: sessionmaker[Session],
+    locks: LockService,
+    task_id: str,
+    attempt: int,
+    status: JobStatus,
+    state: TaskState,
+    reason: str | None,
+    collected: Iterable[outputs_mod.Output],
+) -> tuple[datetime | None, datetime, list[LogRecord]]:
+    """The job's ending: outputs, artifacts, lineage, states, exit code, locks and tokens released.
+
+    Returns (started_at, now, records)."""
+    pending: list[LogRecord] = []
+    with session_scope(factory) as session:
+        task = session.get(Task, task_id)
+        assert task is not None
+        now = utcnow()
+        items = list(collected)
+        for item in items:
+            outputs_mod.record_output(session, task_id, item)
+        task.outputs = [item.as_dict() for item in items]
+        task.state, task.exit_code, task.reason, task.finished_at = state, status.exit_code, reason, now
+        job = _job(session, task_id, attempt)
+        job.state, job.exit_code, job.reason, job.finished_at = status.state.value, status.exit_code, reason, now
+        row = _attempt(session, task_id, attempt)
+        row.state, row.exit_code, row.reason, row.finished_at = state.value, status.exit_code, reason, now
+        released = locks.release(session, task_id)
+        revoke_task_tokens(session, task_id)
+        add_event(
+            session, task, _END_EVENT.get(state, "finished"), pending, attempt=attempt, state=state.value,
+            exit_code=status.exit_code, reason=reason, outputs=task.outputs, released=released,
+        )  # fmt: skip
+        return task.started_at, now, pending
+
+
+class MlflowBridge:
+    """One MLflow run per task (the recorder nests it under the pipeline run)."""
+
+    def __init__(self, factory: sessionmaker[Session], recorder: Any) -> None:
+        self._sf = factory
+        self._recorder = recorder
+
+    def start(self, task_id: str, attempt: int) -> None:
+        """Open the task's run and remember its id (MLflow calls take ~0.1 s: not on the launch path)."""
+        try:
+            with session_scope(self._sf) as session:
+                task = session.get(Task, task_id)
+            if task is None or task.mlflow_run_id:
+                return
+            run_id = self._recorder.start_task(
+                dag_id=task.dag_id,
+                run_id=task.run_id,
+                task_id=task.airflow_task_id or task.id,
+                attempt=task.try_number if task.try_number is not None else attempt,
+                service=task.service,
+                mlprov_task_id=task.id,
+                params=deep_merge((task.service_spec or {}).get("params") or {}, task.params or {}),
+                code_commit=(task.code or {}).get("commit"),
+            )
+            if run_id:
+                with session_scope(self._sf) as session:
+                    row = session.get(Task, task_id)
+                    if row is not None:
+                        row.mlflow_run_id = str(run_id)
+        except Exception:
+            log.exception("mlflow start failed", task_id=task_id)
+
+    def finish(self, task_id: str, metrics: dict[str, Any], log_text: str) -> None:
+        """Metrics from ``outputs/metrics.json``, the task's log, the final state; never fails the task."""
+        try:
+            with session_scope(self._sf) as session:
+                task = session.get(Task, task_id)
+            if task is not None and task.mlflow_run_id:
+                self._recorder.finish_task(task.mlflow_run_id, state=task.state, metrics=metrics, log_text=log_text)
+        except Exception:
+            log.exception("mlflow recording failed", task_id=task_id)

@@ -1,0 +1,208 @@
+"""The controller's one typed settings object (prefix ``MLPROV_``; ARCHITECTURE section 2).
+
+Unset means embedded: SQLite under ``$MLPROV_HOME``, a local artifact directory, the embedded log
+bus and index, a SQLite MLflow store. Served by the cached :func:`get_settings`; tests pass their
+own ``Settings`` to ``create_app`` or override ``get_settings`` through ``dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["PLACEHOLDER_SECRETS", "Settings", "get_settings"]
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "secret", "admin", "password", "token"})
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
+
+
+def _default_services_file() -> Path | None:
+    candidate = Path("services.yaml")
+    return candidate.resolve() if candidate.is_file() else None
+
+
+def _split_list(value: Any) -> Any:
+    """Lists from the environment: a JSON array, or a comma-separated string."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLPROV_", extra="ignore", validate_default=True)
+
+    home: Path = Path(".mlprov")
+    """Everything embedded lives here: controller.db, work/, artifacts/, logs, mlflow.db, admin-token."""
+    environment: Literal["development", "production"] = "development"
+    database_url: str | None = None
+    """``sqlite:///...`` or ``postgresql://user@host:port/db``; unset: ``$MLPROV_HOME/controller.db``."""
+
+    admin_token: SecretStr | None = None
+    """Full access. Placeholders are refused in production; in development an unset token is
+    generated once and kept in ``$MLPROV_HOME/admin-token`` (mode 0600)."""
+    read_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Read-only tokens (GET/HEAD only); JSON array or comma-separated in the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    runtime: Literal["local", "kubernetes"] = "local"
+    max_concurrent_jobs: int = Field(default=4, ge=1)
+    gpu_count: int = Field(default=0, ge=0)
+    """GPU slots the dispatcher hands out on this machine (tasks asking for more wait)."""
+    sidecar_command: Annotated[list[str] | None, NoDecode] = None
+    """Started beside every job (issue 4 provides it); JSON array or a shell-quoted string."""
+
+    artifact_store: str | None = None
+    """Unset: ``$MLPROV_HOME/artifacts``; a directory path; or ``s3://bucket[/prefix]``."""
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_secure: bool = True
+
+    kafka_bootstrap: str | None = None
+    elasticsearch_url: str | None = None
+    kibana_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    """Unset: ``sqlite:///$MLPROV_HOME/mlflow.db``."""
+
+    services_file: Path | None = Field(default_factory=_default_services_file)
+    """services.yaml loaded at start; default ``./services.yaml`` when it exists."""
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """JSON and other request bodies; artifact uploads have their own limit (``max_artifact_bytes``)."""
+    max_artifact_bytes: int = Field(default=64 * 1024**3, ge=1024)
+    """``PUT /api/v1/tasks/{task_id}/artifacts/{digest}``: the largest artifact (file or tar) accepted;
+    streamed to a temporary file, never held in memory."""
+    tlog_dir: Path | None = None
+    """The embedded transparency log; unset: ``$MLPROV_HOME/tlog``."""
+    atlas_anonymous_writes: bool = False
+    """Accept token-less ``POST /manifests/{id}`` on the Atlas storage API (atlas-cli sends no token).
+    Signatures are still verified against the trust store. Implies ``atlas_anonymous_reads``."""
+    atlas_anonymous_reads: bool = False
+    """Accept token-less ``GET /manifests[/{id}]`` on the Atlas storage API."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("read_tokens", mode="before")
+    @classmethod
+    def _parse_read_tokens(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("read_tokens")
+    @classmethod
+    def _no_placeholder_read_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(t.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS for t in value):
+            raise ValueError("a read token is empty or a placeholder: use a random value (openssl rand -hex 32)")
+        return value
+
+    @field_validator("sidecar_command", mode="before")
+    @classmethod
+    def _parse_sidecar(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            return json.loads(text) if text.startswith("[") else shlex.split(text)
+        return value
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _check_artifact_store(cls, value: str | None) -> str | None:
+        if value and value.startswith("s3://") and not value[5:].split("/", 1)[0]:
+            raise ValueError("MLPROV_ARTIFACT_STORE=s3:// needs a bucket: s3://<bucket>[/prefix]")
+        if value and "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError("MLPROV_ARTIFACT_STORE must be a directory, file:///dir or s3://bucket[/prefix]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_admin_token(self) -> Settings:
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        is_placeholder = token is None or token.strip().lower() in PLACEHOLDER_SECRETS
+        if self.environment != "development":
+            if is_placeholder:
+                raise ValueError(
+                    "MLPROV_ADMIN_TOKEN is unset or a placeholder; outside development set it to a random "
+                    "value (e.g. `openssl rand -hex 32`)"
+                )
+            return self
+        if token is None or not token.strip():
+            self.admin_token = SecretStr(self._development_admin_token())
+        return self
+
+    def _development_admin_token(self) -> str:
+        """Read ``$MLPROV_HOME/admin-token``, creating it (0600) with a random token the first time."""
+        path = self.home / ADMIN_TOKEN_FILE
+        if path.is_file():
+            existing = path.read_text().strip()
+            if existing:
+                return existing
+        self.home.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        os.chmod(path, 0o600)
+        return token
+
+    # --- resolved values (unset means embedded) ---------------------------------------------
+
+    @property
+    def admin_token_value(self) -> str:
+        assert self.admin_token is not None  # the validator always sets it
+        return self.admin_token.get_secret_value()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'controller.db'}"
+
+    @property
+    def effective_mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def work_dir(self) -> Path:
+        """Job workspaces: ``$MLPROV_HOME/work/<task>/``."""
+        return self.home / "work"
+
+    @property
+    def trust_dir(self) -> Path:
+        """The trust store manifests are verified against: ``$MLPROV_HOME/trust`` (``*.pem``)."""
+        return self.home / "trust"
+
+    @property
+    def effective_tlog_dir(self) -> Path:
+        return self.tlog_dir if self.tlog_dir is not None else self.home / "tlog"
+
+    @property
+    def artifact_dir(self) -> Path | None:
+        """The local artifact directory, or None when the store is S3."""
+        if self.artifact_store is None:
+            return self.home / "artifacts"
+        if self.artifact_store.startswith("s3://"):
+            return None
+        return Path(self.artifact_store.removeprefix("file://")).expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
