@@ -226,9 +226,8 @@ def _nodes_query(reached: CTE) -> Select[Any]:
 
 def _edges_query(reached: CTE, way: _Way) -> Select[Any]:
     """The edges leaving every reached node in the walk's direction (those at the bound included)."""
-    return (
-        select(_EDGES.c.src_type, _EDGES.c.src_id, _EDGES.c.dst_type, _EDGES.c.dst_id, _EDGES.c.role)
-        .select_from(reached.join(_EDGES, and_(way.near_type == reached.c.node_type, way.near_id == reached.c.node_id)))
+    return select(_EDGES.c.src_type, _EDGES.c.src_id, _EDGES.c.dst_type, _EDGES.c.dst_id, _EDGES.c.role).select_from(
+        reached.join(_EDGES, and_(way.near_type == reached.c.node_type, way.near_id == reached.c.node_id))
     )  # no condition on lineage_edges (see _walk): edges to other node types are dropped by the caller
 
 

@@ -76,23 +76,39 @@ def proof(manifest_id: str, storage_type: str | None, storage_url: str | None) -
     help="A checkpoint note saved earlier (`mlprov log checkpoint --out FILE`).",
 )
 @click.option("--vkey", "pinned", default=None, help="Verifier key to check both checkpoints with.")
-def audit(checkpoint_file: Path, pinned: str | None) -> None:
+@click.option(
+    "--server",
+    default=None,
+    metavar="URL",
+    help="Audit the controller's log at URL (/api/v1/log, token from MLPROV_TOKEN) instead of the local one.",
+)
+def audit(checkpoint_file: Path, pinned: str | None, server: str | None) -> None:
     """Check that the log still extends a checkpoint saved earlier (consistency proof): a log that
-    rewrote, dropped or shrank its history fails with exit 4."""
+    rewrote, dropped or shrank its history fails with exit 4.
+
+    With ``--server`` the checkpoint and proof come from the controller; pin its key with ``--vkey`` or
+    ``MLPROV_TLOG_VKEY`` (otherwise the key the server serves is used, which only detects a changed key
+    through the stored checkpoint's signature)."""
     from provenance.cli.runtime import settings
-    from provenance.cli.tlogging import open_cli_log, verifier_keys
+    from provenance.cli.tlogging import ServerLog, open_cli_log, verifier_keys
     from provenance.errors import InvalidInputError, ProofError
-    from provenance.tlog.base import audit_checkpoint
+    from provenance.tlog.base import TransparencyLog, audit_checkpoint
 
     try:
         note = checkpoint_file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"cannot read {checkpoint_file}: {exc}") from None
-    log = open_cli_log(create=False, always=True)
-    if log is None:
-        raise ProofError(f"audit failed: the transparency log at {settings().tlog_path} is gone (history deleted)")
+    log: TransparencyLog | ServerLog | None
+    if server is not None:
+        remote = ServerLog(server)
+        log, keys = remote, pinned or settings().tlog_vkey or remote.vkey()
+    else:
+        local = open_cli_log(create=False, always=True)
+        if local is None:
+            raise ProofError(f"audit failed: the transparency log at {settings().tlog_path} is gone (history deleted)")
+        log, keys = local, pinned or verifier_keys(local)
     try:
-        current = audit_checkpoint(log, note, pinned or verifier_keys(log))
+        current = audit_checkpoint(log, note, keys)  # type: ignore[arg-type]  # ServerLog has what audit uses
     except ProofError as exc:
         raise ProofError(f"audit failed: {exc}") from None
     click.echo(f"✓ {current.origin} at size {current.size} extends the checkpoint in {checkpoint_file}")

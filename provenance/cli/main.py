@@ -54,7 +54,7 @@ Exit codes:
 \b
 Environment: MLPROV_HOME (default ./.mlprov), MLPROV_TOKEN, MLPROV_STORAGE_TYPE,
 MLPROV_STORAGE_URL, MLPROV_HTTP_TIMEOUT, MLPROV_TLOG (off: no transparency log), MLPROV_TLOG_DIR,
-MLPROV_TLOG_VKEY.
+MLPROV_TLOG_VKEY, MLPROV_CONTROLLER_URL (`lineage`).
 """
 
 
@@ -150,7 +150,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from provenance.cli import assets, attestation, hashcmd, keys, logcmd, manifest, sidecarcmd, verifycmd
+    from provenance.cli import (
+        assets,
+        attestation,
+        hashcmd,
+        keys,
+        lineagecmd,
+        logcmd,
+        manifest,
+        sidecarcmd,
+        verifycmd,
+    )
 
     for command in (
         assets.dataset,
@@ -162,6 +172,7 @@ def _register() -> None:
         keys.keys,
         hashcmd.hash_command,
         verifycmd.verify,
+        lineagecmd.lineage,
         logcmd.log_group,
         sidecarcmd.sidecar,
     ):

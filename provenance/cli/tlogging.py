@@ -23,12 +23,16 @@ import click
 from provenance.cli.runtime import settings, tlog_enabled
 
 if TYPE_CHECKING:
+    import httpx
+
     from provenance.report import NodeCheck
     from provenance.storage.base import ManifestStore, StoredManifest
     from provenance.tlog.base import LogEntry
+    from provenance.tlog.checkpoint import SignedCheckpoint
     from provenance.tlog.local import LocalTransparencyLog
+    from provenance.tlog.merkle import ConsistencyProof
 
-__all__ = ["LOCK_TIMEOUT", "inclusion_check", "log_stored", "open_cli_log", "verifier_keys"]
+__all__ = ["LOCK_TIMEOUT", "ServerLog", "inclusion_check", "log_stored", "open_cli_log", "verifier_keys"]
 
 LOCK_TIMEOUT: Final = 10.0
 
@@ -78,3 +82,53 @@ def inclusion_check() -> NodeCheck | None:
     from provenance.checks import tlog_inclusion_check
 
     return tlog_inclusion_check(log, verifier_keys=verifier_keys(log))
+
+
+class ServerLog:
+    """The controller's transparency log over HTTP (``/api/v1/log``), enough for ``audit_checkpoint``:
+    ``checkpoint()`` and ``consistency_proof()``. Sends ``MLPROV_TOKEN`` as the bearer token."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        headers = {"Accept": "application/json"}
+        token = settings().token_value
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url + "/api/v1/log", headers=headers, timeout=settings().http_timeout, trust_env=False
+        )
+        click.get_current_context().find_root().call_on_close(self._client.close)
+
+    def _get(self, path: str, **params: int) -> httpx.Response:
+        import httpx
+
+        from provenance.errors import TransparencyLogError
+
+        try:
+            response = self._client.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise TransparencyLogError(f"cannot reach the log at {self.url}: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            detail = response.text.strip()[:200]
+            raise TransparencyLogError(f"the log at {self.url} answered {path} with {response.status_code}: {detail}")
+        return response
+
+    def vkey(self) -> str:
+        return self._get("/vkey").text.strip()
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """The served checkpoint, parsed only: ``audit_checkpoint`` verifies it with the pinned key."""
+        from provenance.tlog.checkpoint import Checkpoint, SignedCheckpoint, parse_note
+
+        note = self._get("/checkpoint").text
+        return SignedCheckpoint(Checkpoint.from_body(parse_note(note).text), note)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> ConsistencyProof:
+        from provenance.tlog.merkle import ConsistencyProof
+
+        params: dict[str, int] = {"from": old_size}
+        if new_size is not None:
+            params["to"] = new_size
+        return ConsistencyProof.from_dict(self._get("/proof/consistency", **params).json())

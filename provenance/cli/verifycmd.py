@@ -1,4 +1,5 @@
-"""``mlprov verify ID|FILE``: full-chain verification with a readable or JSON report."""
+"""``mlprov verify ID|FILE``: full-chain verification with a readable or JSON report (``--server``: the
+controller's verification service, :func:`provenance.cli.lineagecmd.run_remote_verify`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ __all__ = ["verify"]
     show_default=True,
     help="How many links deep to follow.",
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Ask the controller's verification service instead (TARGET: a manifest ID or an artifact digest).",
+)
 @storage_options
 @tlog_option
 def verify(
@@ -27,12 +33,19 @@ def verify(
     as_json: bool,
     no_rehash: bool,
     max_depth: int,
+    server: str | None,
     storage_type: str | None,
     storage_url: str | None,
 ) -> None:
     """Verify a manifest (by ID, or a manifest JSON FILE) and everything it links to: signatures
     against the trust store, asset digests, link hashes, and inclusion in the transparency log when
-    $MLPROV_HOME/tlog exists. Exit 0 only when everything holds."""
+    $MLPROV_HOME/tlog exists. With --server, the controller verifies its stored chain (and the policies:
+    code resolved to commits, no unsigned ancestor). Exit 0 only when everything holds."""
+    if server is not None:
+        from provenance.cli.lineagecmd import run_remote_verify
+
+        run_remote_verify(target, server=server, as_json=as_json, rehash=not no_rehash, max_depth=max_depth)
+        return
     from provenance.cli.verifying import run_verify
 
     run_verify(

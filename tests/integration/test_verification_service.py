@@ -24,9 +24,9 @@ from pydantic import SecretStr
 from sqlalchemy import update
 
 from controller.main import create_app
+from controller.services.tlog import GroupCommitLog
 from controller.settings import Settings
 from controller.state import AppState
-from controller.services.tlog import GroupCommitLog
 from controller.store.db import session_scope
 from controller.store.models import Artifact, LineageEdge, Manifest, Task
 from provenance.c2pa_sidecar import sign_sidecar
@@ -80,7 +80,15 @@ class Chain:
             custom_assertion("mlprov.code", {"repo": "/repo", "ref": "main", "commit": commit, "path": "s.py"}),
             custom_assertion(
                 "mlprov.inputs",
-                [{"name": i, "digest": self.digests[i], "kind": "dataset", "manifest_id": self.manifests[i]["instance_id"]} for i in inputs],
+                [
+                    {
+                        "name": i,
+                        "digest": self.digests[i],
+                        "kind": "dataset",
+                        "manifest_id": self.manifests[i]["instance_id"],
+                    }
+                    for i in inputs
+                ],
             ),
         ]
         manifest = sign_manifest(
@@ -123,7 +131,9 @@ class Chain:
                 s.add(LineageEdge(src_type="task", src_id=task, dst_type="artifact", dst_id=digest, role="produced"))
                 for i in inputs:
                     s.add(
-                        LineageEdge(src_type="artifact", src_id=self.digests[i], dst_type="task", dst_id=task, role="consumed")
+                        LineageEdge(
+                            src_type="artifact", src_id=self.digests[i], dst_type="task", dst_id=task, role="consumed"
+                        )
                     )
         path.unlink()  # the workspace is gone: verification must read the artifact store, never file:// URLs
         self.digests[name], self.manifests[name], self.uris[name] = digest, manifest, stored.uri
@@ -171,14 +181,16 @@ async def test_a_signed_chain_verifies(chain: Chain) -> None:
     assert [n["title"] for n in report["nodes"]] == ["model.bin", "clean.csv", "raw.csv"]
     model = node(report, chain, "model.bin")
     assert check(model, "artifact")["detail"].startswith("sha256 of the stored bytes matches")
-    assert check(model, "c2pa sidecar")["ok"] and not check(model, "c2pa sidecar")["skipped"]
+    assert check(model, "c2pa sidecar")["ok"]
+    assert not check(model, "c2pa sidecar")["skipped"]
     assert check(model, "signature")["ok"]
     assert check(model, "policy: code commit")["ok"]
     assert check(model, "policy: signed inputs")["ok"]
     clean = node(report, chain, "clean.csv")
     assert "not re-hashed" in check(clean, "artifact")["detail"]  # only the target by default
     for n in report["nodes"]:
-        assert check(n, "tlog inclusion")["ok"] and not check(n, "tlog inclusion")["skipped"], n
+        assert check(n, "tlog inclusion")["ok"], n
+        assert not check(n, "tlog inclusion")["skipped"], n
     by_id = await chain.verify(manifest=chain.manifests["clean.csv"]["instance_id"], rehash_all=True)
     assert by_id["ok"] is True
     assert [n["title"] for n in by_id["report"]["nodes"]] == ["clean.csv", "raw.csv"]
@@ -232,7 +244,8 @@ async def test_a_manifest_edited_in_the_database_fails_naming_it(chain: Chain) -
     assert result["ok"] is False
     model, clean = node(report, chain, "model.bin"), node(report, chain, "clean.csv")
     link = check(model, f"link {edited['instance_id']}")
-    assert not link["ok"] and "manifest hash is" in link["detail"]  # the link from the model breaks first
+    assert not link["ok"]
+    assert "manifest hash is" in link["detail"]
     assert report["first_broken"]["id"] == model["id"]
     assert not clean["ok"]
     assert not check(clean, "signature")["ok"]
@@ -252,7 +265,8 @@ async def test_an_unsigned_ancestor_fails_the_policy(chain: Chain) -> None:
     assert result["ok"] is False
     broken = result["report"]["first_broken"]
     assert broken["id"] == chain.manifests["clean.csv"]["instance_id"]  # t1 made clean.csv from it
-    assert "unsigned ancestor" in broken["error"] and digest in broken["error"]
+    assert "unsigned ancestor" in broken["error"]
+    assert digest in broken["error"]
     assert "imported.csv" in broken["error"]
     unsigned = await chain.verify(artifact=digest)  # the unsigned artifact itself
     assert unsigned["ok"] is False
