@@ -23,7 +23,6 @@ Run: ``.venv/bin/python -m bench.bench_lineage [--backend sqlite|postgres|both] 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -56,7 +55,9 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
 class Graph:
     artifacts: list[tuple[str, str, str]] = field(default_factory=list)  # digest, kind, name
     tasks: list[tuple[str, str]] = field(default_factory=list)  # id, service
-    edges: list[tuple[str, str, str, str, str]] = field(default_factory=list)  # src_type, src_id, dst_type, dst_id, role
+    edges: list[tuple[str, str, str, str, str]] = field(
+        default_factory=list
+    )  # src_type, src_id, dst_type, dst_id, role
     manifests: list[tuple[str, str, str]] = field(default_factory=list)  # id, artifact digest, task id
     deep: list[str] = field(default_factory=list)  # artifacts of the last generations (query roots)
 
@@ -128,7 +129,9 @@ def _rows(g: Graph) -> dict[str, list[tuple[Any, ...]]]:
     return {
         "artifacts": [(d, k, n, 1024, "[]", NOW) for d, k, n in g.artifacts],
         "tasks": [(t, s, "succeeded", "{}", "[]", "{}", "[]", NOW) for t, s in g.tasks],
-        "manifests": [(m, a, t, "output", json.dumps({"title": a[-8:]}), "0" * 64, "{}", NOW) for m, a, t in g.manifests],
+        "manifests": [
+            (m, a, t, "output", json.dumps({"title": a[-8:]}), "0" * 64, "{}", NOW) for m, a, t in g.manifests
+        ],
         "lineage_edges": [(*e, NOW) for e in g.edges],
     }
 
@@ -150,12 +153,12 @@ def load(engine: Engine, g: Graph) -> float:
             idx = [_COLUMNS[table].index(c) for c in cols]
             data = [tuple(r[i] for i in idx) for r in data]
             if engine.dialect.name == "postgresql":
-                with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:  # type: ignore[attr-defined]  # psycopg 3 cursor
+                with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
                     for r in data:
                         copy.write_row(r)
             else:
                 marks = ", ".join("?" for _ in cols)
-                cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", data)
+                cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", data)  # noqa: S608 - fixed names
         raw.commit()
         cur.execute("ANALYZE")
         raw.commit()
@@ -230,7 +233,10 @@ def run(backend: str, g: Graph, args: argparse.Namespace) -> dict[str, Any]:
             rng = random.Random(args.seed + 1)
             roots = [rng.choice(g.deep) for _ in range(args.warmup + args.queries)]
             with engine.connect() as conn:
-                counts = {t: conn.scalar(text(f"SELECT count(*) FROM {t}")) for t in ("artifacts", "lineage_edges")}
+                counts = {
+                    t: conn.scalar(text(f"SELECT count(*) FROM {t}"))  # noqa: S608 - fixed table names
+                    for t in ("artifacts", "lineage_edges")
+                }
             result = {"backend": backend, "load_s": round(load_s, 1), **counts}
             result.update(measure(engine, roots, args.depth, args.warmup))
             return result
@@ -264,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         passed = r["p95_ms"] <= TARGET_P95_MS
         ok &= passed
         print(
-            f"{backend:9} upstream depth {args.depth}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, max {r['max_ms']} ms "
+            f"{backend:9} upstream depth {args.depth}: p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, "
+            f"max {r['max_ms']} ms "
             f"over {r['queries']} queries; answer {r['nodes_mean']} nodes (max {r['nodes_max']}), "
             f"{r['edges_mean']} edges on average, truncated {r['truncated']}/{r['queries']}; "
             f"load {r['load_s']} s ({r['artifacts']:,} artifacts, {r['lineage_edges']:,} edges) "

@@ -11,6 +11,7 @@ variable               default                      meaning
 ``MLPROV_TLOG``        ``on``                       ``off``: no transparency log (as ``--no-tlog``)
 ``MLPROV_TLOG_DIR``    ``$MLPROV_HOME/tlog``        the local transparency log's directory
 ``MLPROV_TLOG_VKEY``   the log's own ``log.vkey``   pinned verifier key for the log's checkpoints
+``MLPROV_CONTROLLER_URL`` unset                     controller of ``lineage`` (default ``--server``)
 =====================  ===========================  ==============================================
 
 Transparency log: every manifest the CLI stores is appended to the log in ``tlog_path`` (created on
@@ -47,6 +48,7 @@ class CliSettings(BaseSettings):
     tlog: bool = Field(default=True, description="append stored manifests to the log and verify inclusion")
     tlog_dir: Path | None = Field(default=None, description="the local transparency log (default: home/tlog)")
     tlog_vkey: str | None = Field(default=None, description="pinned verifier key of the log's checkpoints")
+    controller_url: str | None = Field(default=None, description="the controller `mlprov lineage` asks by default")
 
     @property
     def keys_dir(self) -> Path:
