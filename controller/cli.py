@@ -5,27 +5,17 @@
 
 from __future__ import annotations
 
-import click
-from pydantic import ValidationError
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from controller.errors import ControllerError
+import click
+
+from provenance.cli import cli
+
+if TYPE_CHECKING:
+    from controller.settings import Settings
 
 __all__ = ["cli", "main", "serve"]
-
-
-def _group() -> click.Group:
-    try:
-        from provenance.cli import cli as group
-    except ImportError:
-        try:
-            from provenance.cli.main import cli as group
-        except ImportError:  # the provenance CLI has not landed yet: a bare group
-            return click.Group(name="mlprov", help="mlprov: traceability-first MLOps.")
-    assert isinstance(group, click.Group)
-    return group
-
-
-cli = _group()
 
 
 @cli.command("serve")
@@ -34,8 +24,10 @@ cli = _group()
 def serve(host: str | None, port: int | None) -> None:
     """Run the ML service controller (FastAPI under /api/v1, docs at /docs)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from controller.catalog import load_services_file
+    from controller.errors import ControllerError
     from controller.main import create_app
     from controller.settings import Settings
 
@@ -46,8 +38,7 @@ def serve(host: str | None, port: int | None) -> None:
             f"MLPROV_{'_'.join(str(p) for p in e['loc']).upper() or '(settings)'}: {e['msg']}" for e in exc.errors()
         )
         raise click.ClickException(f"invalid settings: {problems}") from exc
-    updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = settings.model_copy(update=updates)
+    settings = serve_settings(settings, host=host, port=port)
     try:
         if settings.services_file is not None:
             load_services_file(settings.services_file)  # fail here with one line, not in the lifespan
@@ -55,6 +46,15 @@ def serve(host: str | None, port: int | None) -> None:
     except ControllerError as exc:
         raise click.ClickException(str(exc)) from exc
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def serve_settings(settings: Settings, *, host: str | None = None, port: int | None = None) -> Settings:
+    """The settings ``mlprov serve`` runs with: command-line host/port over the environment, and
+    ``./services.yaml`` as the catalog file when none is configured and one exists there."""
+    updates: dict[str, object] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if settings.services_file is None and Path("services.yaml").is_file():
+        updates["services_file"] = Path("services.yaml").resolve()
+    return settings.model_copy(update=updates)
 
 
 def main() -> None:

@@ -24,11 +24,6 @@ PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "changethis", "sec
 ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 - a file name, not a secret
 
 
-def _default_services_file() -> Path | None:
-    candidate = Path("services.yaml")
-    return candidate.resolve() if candidate.is_file() else None
-
-
 def _split_list(value: Any) -> Any:
     """Lists from the environment: a JSON array, or a comma-separated string."""
     if isinstance(value, str):
@@ -76,8 +71,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     """Unset: ``sqlite:///$MLPROV_HOME/mlflow.db``."""
 
-    services_file: Path | None = Field(default_factory=_default_services_file)
-    """services.yaml loaded at start; default ``./services.yaml`` when it exists."""
+    services_file: Path | None = None
+    """services.yaml loaded at start. Unset: none for the app itself; ``mlprov serve`` then uses
+    ``./services.yaml`` when it exists (the deployable's convention, kept out of library use and tests)."""
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     """JSON and other request bodies; artifact uploads have their own limit (``max_artifact_bytes``)."""
     max_artifact_bytes: int = Field(default=64 * 1024**3, ge=1024)

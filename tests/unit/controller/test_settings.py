@@ -94,13 +94,17 @@ def test_artifact_store_forms(mlprov_home: Path, tmp_path: Path) -> None:
         Settings(artifact_store="gs://bucket")
 
 
-def test_services_file_defaults_to_cwd_services_yaml(
+def test_serve_defaults_to_cwd_services_yaml_but_the_app_does_not(
     mlprov_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from controller.cli import serve_settings
+
     monkeypatch.chdir(tmp_path)
-    assert Settings().services_file is None
+    assert serve_settings(Settings()).services_file is None
     (tmp_path / "services.yaml").write_text("[]\n")
-    assert Settings().services_file == (tmp_path / "services.yaml").resolve()
+    assert Settings().services_file is None  # library use and tests stay hermetic
+    assert serve_settings(Settings()).services_file == (tmp_path / "services.yaml").resolve()
+    assert serve_settings(Settings(), port=9999).port == 9999
 
 
 def test_get_settings_is_cached(mlprov_home: Path) -> None:
