@@ -34,6 +34,7 @@ __all__ = [
     "Principal",
     "Role",
     "authenticate",
+    "authenticate_static",
     "authorize",
     "hash_token",
     "issue_task_token",
@@ -85,18 +86,33 @@ def _matches(candidate: str, secret: str) -> bool:
     return hmac.compare_digest(candidate.encode(), secret.encode())
 
 
-def authenticate(token: str | None, settings: Settings, session: Session) -> Principal:
-    """The principal for a bearer token; :class:`UnauthorizedError` when missing or unknown."""
-    if not token:
-        raise UnauthorizedError("missing bearer token: send `Authorization: Bearer <token>`")
+def _static_principal(token: str, settings: Settings) -> Principal | None:
     if _matches(token, settings.admin_token_value):
         return Principal(Role.ADMIN)
     # Check every read token (no early exit) so timing does not reveal which one matched.
     read_match = False
     for read in settings.read_tokens:
         read_match |= _matches(token, read.get_secret_value())
-    if read_match:
-        return Principal(Role.READ)
+    return Principal(Role.READ) if read_match else None
+
+
+def authenticate_static(token: str | None, settings: Settings) -> Principal:
+    """The principal for an admin or read-only token (no database); 401 for anything else."""
+    if not token:
+        raise UnauthorizedError("missing bearer token: send `Authorization: Bearer <token>`")
+    principal = _static_principal(token, settings)
+    if principal is None:
+        raise UnauthorizedError("invalid bearer token: check the token (task tokens stop working when their task ends)")
+    return principal
+
+
+def authenticate(token: str | None, settings: Settings, session: Session) -> Principal:
+    """The principal for a bearer token; :class:`UnauthorizedError` when missing or unknown."""
+    if not token:
+        raise UnauthorizedError("missing bearer token: send `Authorization: Bearer <token>`")
+    principal = _static_principal(token, settings)
+    if principal is not None:
+        return principal
     if token.startswith(TASK_TOKEN_PREFIX):
         row = session.scalar(
             select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))

@@ -103,7 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.mlprov = None
-    app.dependency_overrides[get_settings] = lambda: settings
+    # Routes read the settings from here (controller.api.deps.get_app_settings). Not a
+    # dependency_override: any override makes FastAPI re-solve every dependency per request.
+    app.state.settings = settings
     install_error_handlers(app)
 
     app.include_router(health.router)

@@ -18,10 +18,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from controller.auth import Principal, Role, authenticate, authorize
+from controller.auth import TASK_TOKEN_PREFIX, Principal, Role, authenticate, authenticate_static, authorize
 from controller.errors import ForbiddenError, UnavailableError
-from controller.settings import Settings, get_settings
+from controller.settings import Settings
 from controller.state import AppState
 
 __all__ = [
@@ -55,15 +56,25 @@ def _is_task_token_route(request: Request) -> bool:
     return bool(extra.get("x-mlprov-task-token"))
 
 
-def get_app_state(request: Request) -> AppState:
+# The CPU-only dependencies below are ``async def`` on purpose: a sync dependency costs a thread-pool
+# hop per request, which dominated the hot status-polling path (bench/bench_status_reads.py).
+
+
+async def get_app_state(request: Request) -> AppState:
     state: AppState | None = getattr(request.app.state, "mlprov", None)
     if state is None:
         raise UnavailableError("the controller is starting or stopping: retry in a moment")
     return state
 
 
+async def get_app_settings(request: Request) -> Settings:
+    """The settings the app was created with (``create_app(settings)``); tests pass their own."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 StateDep = Annotated[AppState, Depends(get_app_state)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def get_session(state: StateDep) -> Iterator[Session]:
@@ -88,40 +99,51 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 
 
-def get_principal(request: Request, settings: SettingsDep, session: SessionDep) -> Principal:
-    """Who is calling (401 when the token is missing or unknown); cached per request by FastAPI."""
-    return authenticate(bearer_token(request), settings, session)
+async def get_principal(request: Request, settings: SettingsDep, state: StateDep) -> Principal:
+    """Who is calling (401 when the token is missing or unknown); cached per request by FastAPI.
+
+    Admin and read-only tokens are checked in memory; only a task token needs the database, and that
+    lookup runs in the thread pool so it never blocks the event loop."""
+    token = bearer_token(request)
+    if not token or not token.startswith(TASK_TOKEN_PREFIX):
+        return authenticate_static(token, settings)
+
+    def lookup() -> Principal:
+        with state.session_factory() as session:
+            return authenticate(token, settings, session)
+
+    return await run_in_threadpool(lookup)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_auth(request: Request, principal: PrincipalDep) -> Principal:
+async def require_auth(request: Request, principal: PrincipalDep) -> Principal:
     """The rule for every ``/api/v1`` route (applied at include time, not per route)."""
     authorize(principal, request.method, request.path_params, task_token_route=_is_task_token_route(request))
     return principal
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if principal.role is not Role.ADMIN:
         raise ForbiddenError("this endpoint needs the admin token")
     return principal
 
 
-def require_reader(principal: PrincipalDep) -> Principal:
+async def require_reader(principal: PrincipalDep) -> Principal:
     """Admin or read-only tokens (not task tokens), e.g. listings across tasks."""
     if principal.role is Role.TASK:
         raise ForbiddenError("a task token cannot read this: use a read-only or the admin token")
     return principal
 
 
-def require_task_access(request: Request, principal: PrincipalDep) -> Principal:
+async def require_task_access(request: Request, principal: PrincipalDep) -> Principal:
     """Admin, read-only (safe methods), or the task token of the path's ``{task_id}``."""
     authorize(principal, request.method, request.path_params)
     return principal
 
 
-def require_task_token_route(request: Request, principal: PrincipalDep) -> Principal:
+async def require_task_token_route(request: Request, principal: PrincipalDep) -> Principal:
     """Admin, read-only (safe methods) or any task token, on a route marked :data:`TASK_TOKEN_ROUTE`."""
     if not _is_task_token_route(request):  # a wiring mistake, not a caller's: fail closed
         raise ForbiddenError("this route is not open to task tokens")
