@@ -50,20 +50,12 @@ API_ROUTERS: tuple[str, ...] = (
 )
 # Routers that only read, even through POST (a query with a body): any reader token, not the method rule.
 _READ_ONLY_ROUTERS = frozenset({"verify"})
-# Modules another worker is still writing; a missing one is skipped (the lead empties this when all land).
-_OPTIONAL_ROUTERS = frozenset({"tasks", "runs", "logs"})
 
 log = get_logger(__name__)
 
 
-def _router_module(name: str) -> ModuleType | None:
-    qualified = f"controller.api.routes.{name}"
-    try:
-        return importlib.import_module(qualified)
-    except ModuleNotFoundError as exc:
-        if name in _OPTIONAL_ROUTERS and exc.name == qualified:
-            return None
-        raise
+def _router_module(name: str) -> ModuleType:
+    return importlib.import_module(f"controller.api.routes.{name}")
 
 
 def _startup(settings: Settings) -> AppState:
@@ -111,9 +103,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for name in API_ROUTERS:
         module = _router_module(name)
-        if module is None:
-            log.warning("router not available yet", router=name)
-            continue
         auth = require_reader if name in _READ_ONLY_ROUTERS else require_auth
         app.include_router(module.router, prefix=API_PREFIX, dependencies=[Depends(auth)])
     # The Atlas storage API lives at the root, where atlas-cli's --storage-url points; its routes carry

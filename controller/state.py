@@ -29,16 +29,13 @@ has one: reconcile jobs left running by a previous controller). Stop order is th
 index), ``log_bus.close()``, then ``close()`` of index, artifact store and runtime when they have
 one; the engine is disposed last.
 
-Until every worker's module has landed, a component whose module (or a ``controller.*`` module it
-imports) does not exist yet is left ``None`` (logged); any other import or construction error fails
-the start-up. (The lead removes this tolerance.)
+Any import or construction error fails the start-up, after closing what was already built.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,6 +48,13 @@ from controller.services.tlog import GroupCommitLog, open_transparency_log
 from controller.settings import Settings
 from controller.store.db import make_engine, make_session_factory, migrate
 from provenance.keys import TrustStore
+
+if TYPE_CHECKING:
+    from controller.logs.pipeline import LogPipeline
+    from controller.logs.structlog_sink import LogBusProcessor
+    from controller.mlflow_recorder import MlflowRecorder
+    from controller.services.dispatch import Dispatcher
+    from controller.services.provenance_mlflow import ProvenanceMlflow
 
 __all__ = ["AppState", "build_state", "close_state"]
 
@@ -66,72 +70,50 @@ class AppState:
     artifact_store: ArtifactStore | None = None
     log_bus: LogBus | None = None
     log_index: LogIndex | None = None
-    log_pipeline: Any | None = None
-    """``controller.logs.LogPipeline``."""
-    recorder: Any | None = None
-    """``controller.mlflow_recorder`` recorder (typed ``Any`` until that module lands)."""
-    dispatcher: Any | None = None
-    """``controller.services.dispatch.Dispatcher`` (typed ``Any`` until that module lands)."""
+    log_pipeline: LogPipeline | None = None
+    recorder: MlflowRecorder | None = None
+    dispatcher: Dispatcher | None = None
     trust: TrustStore | None = None
     tlog: GroupCommitLog | None = None
-    provenance_mlflow: Any | None = None
-    """``controller.services.provenance_mlflow.ProvenanceMlflow``."""
-
-
-def _factory(module: str, name: str) -> Any | None:
-    """``module.name``, or None while ``module`` itself does not exist yet (see module docstring)."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        # Tolerated only for the controller's own modules still being written by another worker.
-        if exc.name is not None and exc.name.startswith("controller."):
-            log.warning("component module missing; running without it", module=module)
-            return None
-        raise
-    factory = getattr(mod, name, None)
-    if factory is None:
-        log.warning("component factory missing; running without it", module=module, factory=name)
-    return factory
-
-
-def _build(module: str, name: str, *args: Any) -> Any | None:
-    factory = _factory(module, name)
-    return None if factory is None else factory(*args)
-
-
-def _start(component: Any) -> None:
-    start = getattr(component, "start", None)
-    if callable(start):
-        start()
+    provenance_mlflow: ProvenanceMlflow | None = None
+    bus_sink: LogBusProcessor | None = None
+    """The structlog processor feeding the controller's own logs into ``log_bus``."""
 
 
 def build_state(settings: Settings) -> AppState:
     """Connect and migrate the store, then build every component (see the table above)."""
+    # Imported here, not at module level: these modules import AppState's neighbours (deps, services).
+    from controller.artifacts import build_artifact_store
+    from controller.logs import build_log_bus, build_log_index, build_log_pipeline
+    from controller.logs.structlog_sink import add_bus_sink
+    from controller.mlflow_recorder import build_recorder
+    from controller.runtime import build_runtime
+    from controller.services.dispatch import build_dispatcher
+    from controller.services.provenance_mlflow import build_provenance_mlflow
+
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
     state = AppState(settings=settings, engine=engine, session_factory=make_session_factory(engine))
     try:
-        state.runtime = _build("controller.runtime", "build_runtime", settings)
-        state.artifact_store = _build("controller.artifacts", "build_artifact_store", settings)
-        state.log_index = _build("controller.logs", "build_log_index", settings)
-        state.log_bus = _build("controller.logs", "build_log_bus", settings)
-        if state.log_bus is not None and state.log_index is not None:
-            state.log_pipeline = _build(
-                "controller.logs", "build_log_pipeline", settings, state.log_bus, state.log_index
-            )
-            _start(state.log_pipeline)
-        state.recorder = _build("controller.mlflow_recorder", "build_recorder", settings)
+        state.runtime = build_runtime(settings)
+        state.artifact_store = build_artifact_store(settings)
+        state.log_index = build_log_index(settings)
+        state.log_bus = build_log_bus(settings)
+        state.log_pipeline = build_log_pipeline(settings, state.log_bus, state.log_index)
+        state.log_pipeline.start()
+        # The controller's own structured logs join the bus as component "controller".
+        state.bus_sink = add_bus_sink(state.log_bus)
+        state.recorder = build_recorder(settings)
         state.trust = TrustStore.load(settings.trust_dir)
         if not state.trust.anchors and not state.trust.pinned:
             log.warning(
                 "trust store is empty: every manifest registration will be refused", path=str(settings.trust_dir)
             )
         state.tlog = GroupCommitLog(open_transparency_log(settings.effective_tlog_dir))
-        state.provenance_mlflow = _build(
-            "controller.services.provenance_mlflow", "build_provenance_mlflow", state.recorder
-        )
-        state.dispatcher = _build("controller.services.dispatch", "build_dispatcher", state)
-        _start(state.dispatcher)
+        state.provenance_mlflow = build_provenance_mlflow(state.recorder)
+        state.dispatcher = build_dispatcher(state)
+        if state.dispatcher is not None:
+            state.dispatcher.start()
     except BaseException:
         close_state(state)
         raise
@@ -154,6 +136,10 @@ def close_state(state: AppState) -> None:
     _call(state.provenance_mlflow, "close")
     _call(state.recorder, "close")
     _call(state.tlog, "close")
+    if state.bus_sink is not None:
+        from controller.logs.structlog_sink import remove_bus_sink
+
+        remove_bus_sink(state.bus_sink)
     _call(state.log_pipeline, "close")
     _call(state.log_bus, "close")
     _call(state.log_index, "close")

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from controller.api.deps import get_app_settings
 from controller.main import create_app
 from controller.settings import Settings, get_settings
 
@@ -118,7 +119,7 @@ def test_get_settings_is_cached(mlprov_home: Path) -> None:
 async def _status(app_settings: Settings, override: Settings | None, token: str) -> int:
     app = create_app(app_settings)
     if override is not None:
-        app.dependency_overrides[get_settings] = lambda: override
+        app.dependency_overrides[get_app_settings] = lambda: override
     async with app.router.lifespan_context(app), _client(app) as client:
         response = await client.get("/api/v1/services", headers={"Authorization": f"Bearer {token}"})
         return response.status_code
@@ -134,7 +135,7 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.getbasetemp() / 'shared-mlflow.db'}"
 
 
-async def test_tests_override_get_settings(mlprov_home: Path, mlflow_uri: str) -> None:
+async def test_tests_override_the_settings_dependency(mlprov_home: Path, mlflow_uri: str) -> None:
     base = Settings(admin_token=SecretStr("base-token-1234567890"), mlflow_tracking_uri=mlflow_uri)
     other = Settings(admin_token=SecretStr("other-token-1234567890"), mlflow_tracking_uri=mlflow_uri)
     assert await _status(base, None, "base-token-1234567890") == 200
