@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test test-unit lint typecheck bench clean
+.PHONY: install test test-unit lint typecheck bench clean migrations
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,8 +23,8 @@ test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: install
-	$(BIN)/ruff check provenance controller tests bench
-	$(BIN)/ruff format --check provenance controller tests bench
+	$(BIN)/ruff check provenance controller plugins stages dags tests bench
+	$(BIN)/ruff format --check provenance controller plugins stages dags tests bench
 	$(BIN)/mypy
 
 typecheck: install
@@ -35,3 +35,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .mlprov .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the initial Alembic revision from controller/store/models.py (no release yet: one revision).
+migrations: install
+	$(BIN)/python -m controller.store.migrations.regenerate
