@@ -5,10 +5,11 @@ A service (JSON over the API, the same keys in YAML)::
     {name, kind: job|server|external, command: [argv] | image, env: {}, params: {},
      resources: {cpu, memory, gpus}, locks: [names], timeout,
      port, health_path          # server
-     url, method}               # external
+     url, method, headers}      # external
 
 ``job`` needs ``command`` or ``image``; ``server`` also ``port`` and ``health_path``; ``external``
-needs ``url`` and ``method`` (and no command/image). Names are ``[a-z0-9][a-z0-9_.-]{0,62}`` and
+needs ``url`` and ``method`` (and no command/image). How the controller runs servers and calls
+external services: ``docs/service-kinds.md``. Names are ``[a-z0-9][a-z0-9_.-]{0,62}`` and
 never ``.``/``..``: a bad name raises :class:`~controller.errors.InvalidNameError` (HTTP 400), other
 problems a pydantic ``ValidationError`` (HTTP 422), both naming the field.
 """
@@ -148,6 +149,8 @@ class ServiceSpec(BaseModel):
     """``external``: the endpoint the controller calls."""
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = None
     """``external``: the HTTP method."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """``external``: request headers (values of secret-looking names are redacted in every record)."""
 
     @field_validator("name")
     @classmethod
@@ -168,6 +171,14 @@ class ServiceSpec(BaseModel):
         bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
         if bad:
             raise ValueError(f"environment variable names must match [A-Za-z_][A-Za-z0-9_]*: {bad}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", k)]
+        if bad or any("\n" in v or "\r" in v for v in value.values()):
+            raise ValueError(f"header names must be HTTP tokens and values single lines: {bad or 'a value'}")
         return value
 
     @field_validator("locks")
@@ -191,8 +202,8 @@ class ServiceSpec(BaseModel):
             raise ValueError("give either command or image, not both")
         if self.kind is ServiceKind.SERVER and (self.port is None or not self.health_path):
             raise ValueError("a server service needs port and health_path (e.g. 8000 and /healthz)")
-        if self.url or self.method:
-            raise ValueError(f"url/method are for external services, not {self.kind.value}")
+        if self.url or self.method or self.headers:
+            raise ValueError(f"url/method/headers are for external services, not {self.kind.value}")
         return self
 
 

@@ -11,8 +11,13 @@ the process group the handle names), in the workspace, and the wrapper does what
   (the controller tails that file, also after a restart);
 * enforces the timeout and turns ``SIGTERM`` into a cancel: ``SIGTERM`` to the job's group, a grace
   period, then ``SIGKILL``; when the job leader exits, stray processes left in its group are killed;
-* once the job has ended, sends the sidecar ``SIGTERM`` ("the job is done: finish your work and
-  exit"), waits up to ``sidecar_grace`` (``grace`` after a cancel), then
+* keeps the sidecar running while the job runs, as a Kubernetes native sidecar is: a sidecar that
+  exits before its work is done (a crash, an OOM kill, ``SIGKILL``) is started again, up to
+  ``MAX_SIDECAR_RESTARTS`` times; it resumes from its own state in the workspace;
+* once the job has ended, writes the job-exit marker ``.mlprov/job-exit`` in the workspace ("the job is
+  done: finish your work and exit"; a file, not a signal, so a sidecar still starting cannot miss it),
+  waits up to ``sidecar_grace`` (``grace`` after a cancel) for the sidecar, then ``SIGTERM``, then
+  ``SIGKILL``;
 * writes ``exit.json`` atomically: state, exit code (128 + signal when killed), reason, timings.
 
 Start-up is on the dispatch path, so this runs as a script (``python -I -S launcher.py ...``), is one
@@ -38,13 +43,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["EXIT_FILE", "LAUNCH_FILE", "OUTPUT_FILE", "PIDS_FILE", "main", "parse_line"]
+__all__ = [
+    "EXIT_FILE",
+    "JOB_EXIT_MARKER",
+    "LAUNCH_FILE",
+    "MAX_SIDECAR_RESTARTS",
+    "OUTPUT_FILE",
+    "PIDS_FILE",
+    "main",
+    "parse_line",
+]
 
 LAUNCH_FILE = "launch.json"
 OUTPUT_FILE = "output.jsonl"
 PIDS_FILE = "pids.json"
 EXIT_FILE = "exit.json"
 SIDECAR_ONLY_ENV = ("MLPROV_TASK_TOKEN",)
+JOB_EXIT_MARKER = os.path.join(".mlprov", "job-exit")  # relative to the workspace, the launcher's cwd
+MAX_SIDECAR_RESTARTS = 5
 _MAX_LINE = 64 * 1024
 _PIPE_DRAIN = 2.0  # a grandchild that escaped the group may hold a pipe open: stop reading after this
 _SIGNAMES = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE", 15: "SIGTERM"}
@@ -85,6 +101,13 @@ def _write_atomic(path: str, data: Mapping[str, object]) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(_json(data))
     os.replace(tmp, path)
+
+
+def _write_marker(path: str, result: Mapping[str, object]) -> None:
+    """The job-exit marker for the sidecar; a failure to write it only delays the sidecar until SIGTERM."""
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_atomic(path, {"state": result.get("state"), "exit_code": result.get("exit_code")})
 
 
 def _killpg(pgid: int | None, signum: int) -> None:
@@ -214,6 +237,10 @@ def main(argv: list[str]) -> int:
         result.update(state="failed", exit_code=127, reason=failure)
     pids = {"launcher": os.getpid(), "job": job.pid if job else None, "sidecar": sidecar.pid if sidecar else None}
     _write_atomic(os.path.join(state, PIDS_FILE), pids)
+    sidecar_restarts = 0
+    sidecar_final = sidecar is None  # its exit status is the one recorded (no more restarts)
+    sidecar_term_at: float | None = None  # SIGTERM the sidecar at this time if it has not finished
+    sidecar_signalled = False
 
     deadline = None if timeout is None else started_at + timeout
     timed_out = False
@@ -256,21 +283,48 @@ def main(argv: list[str]) -> int:
                 result.update(state="failed", reason=reason or f"exit code {code}")
             result["exit_code"] = code
             result["job_finished_at"] = now
-        # --- the sidecar, once the job is done ---------------------------------------------------
+        # --- the sidecar: restarted when it dies early, told when the job is done -----------------
+        if sidecar is not None and sidecar.status is not None and not sidecar_final:
+            code, why = _exit_code(sidecar.status)
+            finished = job_done_at is not None and (code == 0 or sidecar_signalled)
+            if finished or cancelled[0] or sidecar_restarts >= MAX_SIDECAR_RESTARTS:
+                sidecar_final = True
+            else:
+                sidecar_restarts += 1
+                emit(
+                    "sidecar",
+                    "stderr",
+                    [
+                        f"mlprov: sidecar ended early ({why or f'exit code {code}'}); "
+                        f"restarting it ({sidecar_restarts}/{MAX_SIDECAR_RESTARTS})"
+                    ],
+                )
+                try:
+                    sidecar = _Proc("sidecar", sidecar_argv, env)
+                    watch(sidecar)
+                    pids["sidecar"] = sidecar.pid
+                    _write_atomic(os.path.join(state, PIDS_FILE), pids)
+                except OSError:
+                    sidecar_final = True
         if job_done_at is not None and sidecar is not None and sidecar.status is None:
-            if sidecar_kill_at is None:
-                _killpg(sidecar.pid, _signal.SIGTERM)  # "the job is done"
-                sidecar_kill_at = now + (grace if cancelled[0] else sidecar_grace)
-            elif now >= sidecar_kill_at:
+            if sidecar_term_at is None:
+                _write_marker(JOB_EXIT_MARKER, result)  # "the job is done: finish your work and exit"
+                sidecar_term_at = now + (grace if cancelled[0] else sidecar_grace)
+            elif not sidecar_signalled and now >= sidecar_term_at:
+                _killpg(sidecar.pid, _signal.SIGTERM)
+                sidecar_signalled = True
+                sidecar_kill_at = now + grace
+            elif sidecar_kill_at is not None and now >= sidecar_kill_at:
                 _killpg(sidecar.pid, _signal.SIGKILL)
                 sidecar_kill_at = now + 3600.0
-        all_exited = job_done_at is not None and (sidecar is None or sidecar.status is not None)
+        all_exited = job_done_at is not None and (sidecar is None or (sidecar.status is not None and sidecar_final))
         if all_exited:
             drain_until = drain_until or now + _PIPE_DRAIN
             if not readers or now >= drain_until:
                 break
         # --- wait for output, a signal or the next deadline --------------------------------------
-        waits = [t for t in (deadline if kill_at is None else kill_at, sidecar_kill_at, drain_until) if t is not None]
+        sidecar_next = sidecar_kill_at if sidecar_signalled else sidecar_term_at
+        waits = [t for t in (deadline if kill_at is None else kill_at, sidecar_next, drain_until) if t is not None]
         wait_ms = max(0, min(int((min(waits) - now) * 1000) + 1, 500)) if waits else 500
         for fd, _event in poller.poll(wait_ms):
             if fd == wake_r:
@@ -297,6 +351,7 @@ def main(argv: list[str]) -> int:
     if sidecar is not None and sidecar.status is not None:
         sidecar_code, _ = _exit_code(sidecar.status)
         result["sidecar_exit_code"] = sidecar_code
+        result["sidecar_restarts"] = sidecar_restarts
         if result.get("state") == "succeeded" and sidecar_code != 0:
             result.update(state="failed", reason=f"the job succeeded but the sidecar exited with {sidecar_code}")
     result.setdefault("job_finished_at", time.time())

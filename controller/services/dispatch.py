@@ -9,6 +9,9 @@ name/alias -> digest; both recorded), **materialise** inputs into ``inputs/`` an
 tokens revoked -- in one transaction. Every state change is one transaction; events are published to
 the bus after their transaction committed.
 
+Kinds: ``server`` and ``external`` tasks get their locks the same way, then go to ``ServerManager``
+and ``ExternalCaller`` (``controller.services.servers`` / ``.external``; ``docs/service-kinds.md``).
+
 Threads: one scheduler thread (woken on submit, cancel and every ending; also every second) and one
 thread per granted task. ``stop()`` leaves jobs running: :meth:`Dispatcher.start` of the next
 controller re-attaches to them (or records them ``lost``), finishes tasks whose job ended while no
@@ -37,12 +40,16 @@ from controller.logging import get_logger
 from controller.logs.base import LogBus, LogRecord
 from controller.runtime.base import JobHandle, JobSpec, JobState, JobStatus, OutputLine, Runtime
 from controller.services import outputs as outputs_mod
+from controller.services.external import ExternalCaller
 from controller.services.locks import Grant, LockService
 from controller.services.refs import resolve_artifact, resolve_git_ref
+from controller.services.server_routing import env_for_run
+from controller.services.servers import ServerManager
 from controller.services.task_records import (
     MlflowBridge,
     add_event,
     deep_merge,
+    options_from,
     record_end,
     record_end_without_job,
     record_launching,
@@ -92,6 +99,7 @@ class _Active:
     ident: dict[str, Any] = field(default_factory=dict)
     """run_id / dag_id for log records."""
     service: str = ""
+    kind: str = "job"
     mlflow_thread: threading.Thread | None = None
 
 
@@ -115,6 +123,8 @@ class Dispatcher:
         git_timeout: float = 30.0,
         issue_token: TokenIssuer = issue_task_token,
         timeout_slack: float = 30.0,
+        server_options: dict[str, Any] | None = None,
+        external_options: dict[str, Any] | None = None,
     ) -> None:
         self._sf = session_factory
         self._runtime = runtime
@@ -138,6 +148,12 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler: threading.Thread | None = None
+        shared: dict[str, Any] = dict(session_factory=session_factory, locks=self.locks, store=artifact_store)
+        self.servers = ServerManager(
+            **shared, runtime=runtime, work_dir=work_dir, publish=self.publish, notify=self.notify,
+            controller_url=controller_url, **(server_options or {}),
+        )  # fmt: skip
+        self.external = ExternalCaller(**shared, work_dir=work_dir, publish=self.publish, **(external_options or {}))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -145,6 +161,7 @@ class Dispatcher:
         """Reconcile what a previous controller left, then start scheduling."""
         self._stopping.clear()
         self.reconcile()
+        self.servers.start()
         self._scheduler = threading.Thread(target=self._schedule_loop, name="dispatch-scheduler", daemon=True)
         self._scheduler.start()
         self.notify()
@@ -153,6 +170,7 @@ class Dispatcher:
         """Stop scheduling and following; running jobs keep running (the next ``start`` re-attaches)."""
         self._stopping.set()
         self._wake.set()
+        self.servers.stop()  # before the runtime stops following: a stopped server's ending is recorded
         close = getattr(self._runtime, "close", None)
         if callable(close):
             close()  # stop following (no line is consumed after the bus closes); the jobs keep running
@@ -223,6 +241,7 @@ class Dispatcher:
 
     def _register(self, task: Task) -> _Active:
         active = _Active(task.id, ident={"run_id": task.run_id, "dag_id": task.dag_id}, service=task.service)
+        active.kind = str((task.service_spec or {}).get("kind") or "job")
         with self._active_lock:
             self._active[task.id] = active
         return active
@@ -272,6 +291,9 @@ class Dispatcher:
     def _run(self, grant: Grant) -> None:
         with self._active_lock:
             active = self._active[grant.task_id]
+        if active.kind != "job":
+            self._run_by_controller(active)
+            return
         try:
             spec = self._prepare(active, grant)
         except _LaunchAborted as exc:
@@ -291,9 +313,21 @@ class Dispatcher:
             self._finish_without_job(active, TaskState.FAILED, f"the job could not start: {exc}")
             return
         self._record_started(active, handle)
-        if self._recorder is not None:
-            active.mlflow_thread = self._spawn(self._mlflow_start, active)
+        if self._mlflow is not None:
+            active.mlflow_thread = self._spawn(self._mlflow.start, active.task_id, active.attempt)
         self._follow(active, handle, spec.timeout)
+
+    def _run_by_controller(self, active: _Active) -> None:
+        """A ``server`` or ``external`` task: the controller itself does the work (no job)."""
+        handler = self.servers.run_task if active.kind == "server" else self.external.run_task
+        try:
+            active.attempt = handler(active.task_id, active.cancel)
+        except Exception as exc:  # never leave a granted task unknown
+            log.exception("task failed in the controller", task_id=active.task_id, kind=active.kind)
+            self._finish_without_job(active, TaskState.FAILED, f"the controller could not run the task: {exc}")
+            return
+        self._forget(active.task_id)
+        self._record_mlflow(active, {})
 
     def _prepare(self, active: _Active, grant: Grant) -> JobSpec:
         """Resolve refs, materialise the workspace, mint the sidecar's token (the launch transaction)."""
@@ -342,6 +376,7 @@ class Dispatcher:
             MLPROV_CONTROLLER_URL=self._controller_url,
             MLPROV_ATTEMPT=str(active.attempt),
         )
+        env.update(env_for_run(self._sf, active.ident.get("dag_id"), active.ident.get("run_id")))
         if grant.gpu_indices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in grant.gpu_indices)
         return JobSpec(
@@ -441,26 +476,19 @@ class Dispatcher:
             )
         self.publish(pending)
         self._forget(active.task_id)
-        if self._recorder is not None:
-            self._spawn(self._record_mlflow, active, metric_values)
+        self._record_mlflow(active, metric_values)
+
+    def _record_mlflow(self, active: _Active, metric_values: dict[str, Any]) -> None:
+        if self._mlflow is not None:
+            log_text = "\n".join(active.lines)
+            self._spawn(
+                self._mlflow.record, active.task_id, active.attempt, active.mlflow_thread, metric_values, log_text
+            )
 
     def _forget(self, task_id: str) -> None:
         with self._active_lock:
             self._active.pop(task_id, None)
         self.notify()
-
-    def _mlflow_start(self, active: _Active) -> None:
-        if self._mlflow is not None:
-            self._mlflow.start(active.task_id, active.attempt)
-
-    def _record_mlflow(self, active: _Active, metric_values: dict[str, Any]) -> None:
-        if self._mlflow is None:
-            return
-        if active.mlflow_thread is not None:
-            active.mlflow_thread.join(60)
-        else:
-            self._mlflow.start(active.task_id, active.attempt)  # re-attached, or ended before the start ran
-        self._mlflow.finish(active.task_id, metric_values, "\n".join(active.lines))
 
     # -- reconcile ------------------------------------------------------------------------------
 
@@ -519,4 +547,6 @@ def build_dispatcher(state: AppState) -> Dispatcher | None:
         controller_url=f"http://{settings.host}:{settings.port}",
         recorder=state.recorder,
         runtime_name=settings.runtime,
+        server_options=options_from(settings, "server_", ServerManager),
+        external_options=options_from(settings, "external_", ExternalCaller),
     )

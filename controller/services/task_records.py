@@ -8,13 +8,15 @@ dispatch path and never failing the task.
 
 from __future__ import annotations
 
+import inspect
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.auth import revoke_task_tokens
@@ -25,12 +27,16 @@ from controller.services import outputs as outputs_mod
 from controller.services.locks import LockService
 from controller.services.refs import ResolvedArtifact
 from controller.store.db import session_scope
-from controller.store.models import Job, Task, TaskAttempt, TaskEvent, TaskState, utcnow
+from controller.store.models import Job, LockQueueEntry, Task, TaskAttempt, TaskEvent, TaskState, utcnow
 
 __all__ = [
     "MlflowBridge",
     "add_event",
     "deep_merge",
+    "next_attempt",
+    "options_from",
+    "record_call_end",
+    "record_call_started",
     "record_end",
     "record_end_without_job",
     "record_launching",
@@ -54,7 +60,14 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_event(
-    session: Session, task: Task, event: str, pending: list[LogRecord], attempt: int | None = None, **detail: Any
+    session: Session,
+    task: Task,
+    event: str,
+    pending: list[LogRecord],
+    attempt: int | None = None,
+    *,
+    component: str = "event",
+    **detail: Any,
 ) -> None:
     """A task event row in the caller's transaction, and its bus record queued for after the commit."""
     session.add(TaskEvent(task_id=task.id, attempt=attempt, event=event, detail=detail))
@@ -63,8 +76,8 @@ def add_event(
         LogRecord(
             timestamp=time.time(),
             message=message,
-            component="event",
-            level="error" if event in ("failed", "lost") else "info",
+            component=component,
+            level="error" if event in ("failed", "lost", "server_failed", "server_lost") else "info",
             run_id=task.run_id,
             dag_id=task.dag_id,
             task_id=task.id,
@@ -200,6 +213,87 @@ def record_end(
         return task.started_at, now, pending
 
 
+def options_from(settings: Any, prefix: str, cls: type) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` that ``settings`` sets as ``<prefix><name>`` (undeclared ones keep
+    the class's defaults), e.g. ``server_idle_timeout`` -> ``ServerManager(idle_timeout=...)``."""
+    names = inspect.signature(cls).parameters
+    return {name: getattr(settings, prefix + name) for name in names if hasattr(settings, prefix + name)}
+
+
+def next_attempt(session: Session, task_id: str) -> int:
+    """The number of the attempt about to start (1 + the attempts recorded)."""
+    count = session.scalar(select(func.count()).select_from(TaskAttempt).where(TaskAttempt.task_id == task_id))
+    return 1 + int(count or 0)
+
+
+def record_call_started(
+    factory: sessionmaker[Session],
+    task_id: str,
+    attempt: int,
+    resolved: Sequence[ResolvedArtifact] = (),
+    **detail: Any,
+) -> list[LogRecord] | None:
+    """A task run by the controller itself (``server``, ``external``: no job row) started: inputs as
+    resolved with their consumed edges, the attempt row, task ``running``. None when a cancel came first."""
+    pending: list[LogRecord] = []
+    with session_scope(factory) as session:
+        task = session.get(Task, task_id)
+        if task is None or task.cancel_requested_at is not None:
+            return None
+        now = utcnow()
+        task.inputs = [{"ref": r.ref, "digest": r.digest, "name": r.name, "size": r.size} for r in resolved]
+        for item in resolved:
+            add_event(session, task, "input_resolved", pending, attempt=attempt, ref=item.ref, digest=item.digest)
+            outputs_mod.add_edge(session, "artifact", item.digest, "task", task_id, "consumed")
+        session.add(TaskAttempt(task_id=task_id, attempt=attempt, state="running", created_at=now, started_at=now))
+        task.state, task.started_at = TaskState.RUNNING, now
+        add_event(session, task, "started", pending, attempt=attempt, **detail)
+    return pending
+
+
+def record_call_end(
+    factory: sessionmaker[Session],
+    locks: LockService,
+    task_id: str,
+    attempt: int,
+    state: TaskState,
+    exit_code: int | None,
+    reason: str | None,
+    collected: Iterable[outputs_mod.Output] = (),
+    details: dict[str, Any] | None = None,
+    *,
+    keep_locks: bool = False,
+) -> list[LogRecord]:
+    """The end of a controller-run task: outputs and lineage, details, states, tokens revoked; its run
+    slot freed and its locks released, or kept (``keep_locks``: a healthy server holds them until it stops)."""
+    pending: list[LogRecord] = []
+    with session_scope(factory) as session:
+        task = session.get(Task, task_id)
+        if task is None:
+            return pending
+        now = utcnow()
+        items = list(collected)
+        for item in items:
+            outputs_mod.record_output(session, task_id, item)
+        task.outputs = [item.as_dict() for item in items]
+        task.details = details
+        task.state, task.exit_code, task.reason, task.finished_at = state, exit_code, reason, now
+        row = session.scalar(select(TaskAttempt).where(TaskAttempt.task_id == task_id, TaskAttempt.attempt == attempt))
+        if row is not None:
+            row.state, row.exit_code, row.reason, row.finished_at = state.value, exit_code, reason, now
+        if keep_locks:
+            session.execute(delete(LockQueueEntry).where(LockQueueEntry.task_id == task_id))
+            released = []
+        else:
+            released = locks.release(session, task_id)
+        revoke_task_tokens(session, task_id)
+        add_event(
+            session, task, _END_EVENT.get(state, "finished"), pending, attempt=attempt, state=state.value,
+            exit_code=exit_code, reason=reason, outputs=task.outputs, released=released,
+        )  # fmt: skip
+    return pending
+
+
 class MlflowBridge:
     """One MLflow run per task (the recorder nests it under the pipeline run)."""
 
@@ -231,6 +325,22 @@ class MlflowBridge:
                         row.mlflow_run_id = str(run_id)
         except Exception:
             log.exception("mlflow start failed", task_id=task_id)
+
+    def record(
+        self,
+        task_id: str,
+        attempt: int,
+        start_thread: threading.Thread | None,
+        metrics: dict[str, Any],
+        log_text: str,
+    ) -> None:
+        """After the task ended: wait for its ``start`` (or run it now: re-attached, or ended before the
+        start ran), then :meth:`finish`. Runs on its own thread."""
+        if start_thread is not None:
+            start_thread.join(60)
+        else:
+            self.start(task_id, attempt)
+        self.finish(task_id, metrics, log_text)
 
     def finish(self, task_id: str, metrics: dict[str, Any], log_text: str) -> None:
         """Metrics from ``outputs/metrics.json``, the task's log, the final state; never fails the task."""

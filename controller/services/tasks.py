@@ -3,7 +3,9 @@
 Submission is idempotent on the run identity ``(dag_id, run_id, task_id, try_number)``: the unique
 constraint on ``tasks`` decides, so concurrent duplicates also get one task. A submission is one
 transaction (pipeline run, task, lock request, ``submitted`` event, task token): nothing is
-half-recorded. The token is returned by ``submit`` only (a duplicate submission gets a fresh one).
+half-recorded. All three service kinds are tasks (``docs/service-kinds.md``): a ``server`` task needs a
+``run`` and is queued without locks when the run's server is already live; ``external`` tasks take
+params only (no inputs, no code). The token is returned by ``submit`` only (a duplicate submission gets a fresh one).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from controller.errors import InvalidInputError, RunNotFoundError, TaskNotFoundE
 from controller.logs.base import LogIndex, LogQuery, LogRecord
 from controller.services.dispatch import TERMINAL_STATES, Dispatcher
 from controller.services.refs import check_artifact_ref, resolve_artifact
+from controller.services.server_routing import is_live
 from controller.store.models import PipelineRun, ServiceKind, Task, TaskEvent, TaskState
 from controller.store.services_repo import get_service
 
@@ -85,6 +88,8 @@ class TaskView(BaseModel):
     inputs: list[dict[str, Any]]
     code: dict[str, Any] | None
     outputs: list[dict[str, Any]]
+    details: dict[str, Any] = Field(default_factory=dict)
+    """``server``: ``{"server": {name, url, proxy_path, ...}}``; ``external``: ``{"external": {http_status, ...}}``."""
     resources: dict[str, Any]
     timeout: float | None
     mlflow_run_id: str | None
@@ -127,6 +132,7 @@ def task_view(task: Task) -> TaskView:
         inputs=list(task.inputs or []),
         code=task.code,
         outputs=list(task.outputs or []),
+        details=dict(task.details or {}),
         resources=task.resources or {},
         timeout=task.timeout,
         mlflow_run_id=task.mlflow_run_id,
@@ -165,10 +171,14 @@ class TaskService:
 
     def _validate(self, body: TaskSubmission) -> tuple[dict[str, Any], int]:
         spec = get_service(self.session, body.service)  # 400 bad name, 404 unknown
-        if spec.kind is not ServiceKind.JOB:
+        if spec.kind is ServiceKind.SERVER and body.run is None:
             raise InvalidInputError(
-                f"service {spec.name!r} is a {spec.kind.value} service; tasks run job services (kind: job)"
+                f"service {spec.name!r} is a server: give the task a `run` (dag_id, run_id, task_id), it lives for one"
             )
+        if spec.kind is not ServiceKind.JOB and body.code is not None:
+            raise InvalidInputError(f"service {spec.name!r} is a {spec.kind.value} service: `code` is for job services")
+        if spec.kind is ServiceKind.EXTERNAL and body.inputs:
+            raise InvalidInputError(f"service {spec.name!r} is external: it is called with params only, not inputs")
         names: dict[str, str] = {}
         for ref in body.inputs:
             check_artifact_ref(ref)
@@ -240,6 +250,13 @@ class TaskService:
                 self.session.add(task)
                 self.session.flush()
                 locks = list(spec.get("locks") or [])
+                run = body.run
+                if (
+                    spec.get("kind") == ServiceKind.SERVER
+                    and run
+                    and is_live(self.session, run.dag_id, run.run_id, body.service)
+                ):
+                    locks, gpus = [], 0  # the live server holds them; this task only reports it
                 dispatcher.locks.enqueue(self.session, task.id, locks, gpus)
                 self.session.add(TaskEvent(task_id=task.id, event="submitted", detail={"service": body.service}))
                 token = issue_task_token(self.session, task.id)
@@ -292,7 +309,7 @@ class TaskService:
         return RunView(
             dag_id=run.dag_id,
             run_id=run.run_id,
-            state=_run_state(tasks),
+            state=_run_state(tasks) if run.state == "running" else run.state,  # ended: as POST .../end said
             mlflow_run_id=run.mlflow_run_id,
             created_at=run.created_at,
             tasks=[task_view(t) for t in tasks],

@@ -9,7 +9,7 @@ after changing a table here, regenerate the initial revision with
 Groups:
 
 - catalog: ``services``
-- execution: ``pipeline_runs``, ``tasks``, ``task_attempts``, ``jobs``, ``task_events``,
+- execution: ``pipeline_runs``, ``tasks``, ``task_attempts``, ``jobs``, ``servers``, ``task_events``,
   ``locks``, ``lock_queue``, ``api_tokens``
 - provenance: ``artifacts``, ``manifests``, ``software_manifests``, ``lineage_edges``
 """
@@ -49,6 +49,8 @@ __all__ = [
     "LockQueueEntry",
     "Manifest",
     "PipelineRun",
+    "Server",
+    "ServerState",
     "Service",
     "ServiceKind",
     "SoftwareManifest",
@@ -105,6 +107,14 @@ class TaskState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class ServerState(enum.StrEnum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    STOPPED = "stopped"
     LOST = "lost"
 
 
@@ -195,6 +205,8 @@ class Task(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     outputs: Mapped[list[Any]] = mapped_column(default=list)
     """What the job produced: ``[{name, digest, size}]`` (recorded in the same transaction as the end)."""
+    details: Mapped[dict[str, Any] | None]
+    """Kind-specific results: ``{"server": {name, url, ...}}``, ``{"external": {http_status, ...}}``."""
     cancel_requested_at: Mapped[datetime | None]
     """Set by ``DELETE /tasks/{id}`` while the job runs; a restarted dispatcher honours it."""
     submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -234,6 +246,33 @@ class Job(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class Server(Base):
+    """A ``server`` service running for one pipeline run (started by the task in ``task_id``, whose
+    named locks and GPUs it holds until it stops); ``ref`` finds its process again after a restart."""
+
+    __tablename__ = "servers"
+    __table_args__ = (UniqueConstraint("pipeline_run_id", "service"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    pipeline_run_id: Mapped[str] = mapped_column(ForeignKey("pipeline_runs.id"))
+    dag_id: Mapped[str] = mapped_column(String(250))
+    run_id: Mapped[str] = mapped_column(String(250))
+    service: Mapped[str] = mapped_column(String(63))
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(32), default=ServerState.STARTING.value, index=True)
+    url: Mapped[str | None] = mapped_column(String(1024))
+    port: Mapped[int | None] = mapped_column(Integer)
+    ref: Mapped[str | None] = mapped_column(String(255))
+    workspace: Mapped[str | None] = mapped_column(String(1024))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    healthy_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """Last proxied request (written at most every few seconds); the run's idle timeout also counts tasks."""
 
 
 class TaskEvent(Base):

@@ -166,12 +166,12 @@ def test_cancel_kills_the_whole_group_and_is_idempotent(runtime: LocalRuntime, t
 def test_sidecar_shares_workspace_and_env_and_the_job_ends_after_it(runtime: LocalRuntime, tmp_path: Path) -> None:
     sidecar = _py(
         """
-        import os, signal, sys, time, json
+        import os, sys, time, json
         done = []
-        signal.signal(signal.SIGTERM, lambda *a: done.append(time.time()))
         print("sidecar token", os.environ.get("MLPROV_TASK_TOKEN"), flush=True)
-        while not done:
+        while not os.path.exists(".mlprov/job-exit"):  # the launcher's "the job is done" marker
             time.sleep(0.01)
+        done.append(time.time())
         time.sleep(0.3)  # finishing its work after the job ended
         json.dump({"term": done[0], "end": time.time(), "cwd": os.getcwd()}, open("sidecar.json", "w"))
         """
@@ -192,6 +192,26 @@ def test_sidecar_shares_workspace_and_env_and_the_job_ends_after_it(runtime: Loc
     assert status.finished_at >= record["end"]
     assert sink.texts("sidecar") == ["sidecar token tok-123"]
     assert sink.texts("job") == ["job done"]
+
+
+def test_a_sidecar_killed_during_the_job_is_restarted(runtime: LocalRuntime, tmp_path: Path) -> None:
+    sidecar = _py(
+        """
+        import os, signal, time
+        starts = len(open("starts").read()) if os.path.exists("starts") else 0
+        open("starts", "a").write("x")
+        if starts == 0:
+            os.kill(os.getpid(), signal.SIGKILL)  # the first sidecar dies mid-job
+        while not os.path.exists(".mlprov/job-exit"):
+            time.sleep(0.01)
+        """
+    )
+    spec = _spec(tmp_path, _py("import time; time.sleep(1.0)"), sidecar_command=sidecar)
+    sink = Sink()
+    status = runtime.wait(runtime.launch(spec, sink), timeout=20)
+    assert status.state is JobState.SUCCEEDED, status.reason
+    assert (spec.workspace / "starts").read_text() == "xx"
+    assert any("restarting it (1/" in line for line in sink.texts("sidecar"))
 
 
 def test_a_failing_sidecar_fails_the_task(runtime: LocalRuntime, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 11:50:39.479316
+Create Date: 2026-11-22 12:00:02.439216
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def upgrade() -> None:
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('mlflow_run_id', sa.String(length=64), nullable=True),
     sa.Column('outputs', sa.JSON(), nullable=False),
+    sa.Column('details', sa.JSON(), nullable=True),
     sa.Column('cancel_requested_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('submitted_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('started_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
@@ -172,6 +173,32 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_manifests_artifact_digest'), ['artifact_digest'], unique=False)
         batch_op.create_index(batch_op.f('ix_manifests_task_id'), ['task_id'], unique=False)
 
+    op.create_table('servers',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('pipeline_run_id', sa.String(length=36), nullable=False),
+    sa.Column('dag_id', sa.String(length=250), nullable=False),
+    sa.Column('run_id', sa.String(length=250), nullable=False),
+    sa.Column('service', sa.String(length=63), nullable=False),
+    sa.Column('task_id', sa.String(length=36), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
+    sa.Column('state', sa.String(length=32), nullable=False),
+    sa.Column('url', sa.String(length=1024), nullable=True),
+    sa.Column('port', sa.Integer(), nullable=True),
+    sa.Column('ref', sa.String(length=255), nullable=True),
+    sa.Column('workspace', sa.String(length=1024), nullable=True),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('created_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('healthy_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('stopped_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_activity_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['pipeline_run_id'], ['pipeline_runs.id'], name=op.f('fk_servers_pipeline_run_id_pipeline_runs')),
+    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_servers_task_id_tasks')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_servers')),
+    sa.UniqueConstraint('pipeline_run_id', 'service', name=op.f('uq_servers_pipeline_run_id_service'))
+    )
+    with op.batch_alter_table('servers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_servers_state'), ['state'], unique=False)
+
     op.create_table('task_attempts',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('task_id', sa.String(length=36), nullable=False),
@@ -219,6 +246,10 @@ def downgrade() -> None:
 
     op.drop_table('task_events')
     op.drop_table('task_attempts')
+    with op.batch_alter_table('servers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_servers_state'))
+
+    op.drop_table('servers')
     with op.batch_alter_table('manifests', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_manifests_task_id'))
         batch_op.drop_index(batch_op.f('ix_manifests_artifact_digest'))
