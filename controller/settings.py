@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shlex
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,8 +56,24 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default=4, ge=1)
     gpu_count: int = Field(default=0, ge=0)
     """GPU slots the dispatcher hands out on this machine (tasks asking for more wait)."""
+    sidecar: bool = True
+    """Run the provenance sidecar beside every job (``MLPROV_SIDECAR=false`` only to measure its cost:
+    without it outputs are hashed and stored but never signed)."""
     sidecar_command: Annotated[list[str] | None, NoDecode] = None
-    """Started beside every job (issue 4 provides it); JSON array or a shell-quoted string."""
+    """The sidecar's command; unset: this interpreter's ``-m provenance.cli sidecar``. JSON array or a
+    shell-quoted string."""
+    controller_url: str | None = None
+    """How jobs' sidecars reach this controller; unset: ``http://<host>:<port>``."""
+
+    server_idle_timeout: float = Field(default=1800.0, gt=0)
+    """A ``server`` service with no task activity in its run for this long is stopped."""
+    server_health_interval: float = Field(default=10.0, gt=0)
+    server_health_failures: int = Field(default=3, ge=1)
+    """Consecutive failed health checks after which a running server is marked failed."""
+    server_start_timeout: float = Field(default=60.0, gt=0)
+    server_stop_on_shutdown: bool = True
+    external_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    external_connect_retries: int = Field(default=3, ge=1)
 
     artifact_store: str | None = None
     """Unset: ``$MLPROV_HOME/artifacts``; a directory path; or ``s3://bucket[/prefix]``."""
@@ -173,6 +190,17 @@ class Settings(BaseSettings):
     @property
     def effective_mlflow_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def effective_sidecar_command(self) -> list[str] | None:
+        """The command started beside every job, or None when the sidecar is off."""
+        if not self.sidecar:
+            return None
+        return self.sidecar_command or [sys.executable, "-m", "provenance.cli", "sidecar"]
+
+    @property
+    def effective_controller_url(self) -> str:
+        return self.controller_url or f"http://{self.host}:{self.port}"
 
     @property
     def work_dir(self) -> Path:

@@ -47,7 +47,7 @@ from controller.runtime.base import Runtime
 from controller.services.tlog import GroupCommitLog, open_transparency_log
 from controller.settings import Settings
 from controller.store.db import make_engine, make_session_factory, migrate
-from provenance.keys import TrustStore
+from provenance.keys import TrustStore, identity_paths, init_identity
 
 if TYPE_CHECKING:
     from controller.logs.pipeline import LogPipeline
@@ -104,6 +104,10 @@ def build_state(settings: Settings) -> AppState:
         # The controller's own structured logs join the bus as component "controller".
         state.bus_sink = add_bus_sink(state.log_bus)
         state.recorder = build_recorder(settings)
+        if settings.environment == "development" and not identity_paths(settings.home).signer_key.exists():
+            # The embedded default needs no setup: a local CA and signing identity, as `mlprov keys init`.
+            init_identity(settings.home)
+            log.info("signing identity created", home=str(settings.home))
         state.trust = TrustStore.load(settings.trust_dir)
         if not state.trust.anchors and not state.trust.pinned:
             log.warning(

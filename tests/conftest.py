@@ -12,6 +12,18 @@ import pytest
 POSTGRES_ADMIN_URL = os.environ.get("MLPROV_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Process-wide settings read once at import by the tools under test, set before any test module
+    imports them: Airflow reads AIRFLOW_HOME when first imported; no example DAGs."""
+    import tempfile
+
+    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="mlprov-airflow-"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    # Jobs in tests run without the provenance sidecar (it costs about a second per job) unless a test
+    # turns it on (tests/e2e and the sidecar integration tests set MLPROV_SIDECAR=true themselves).
+    os.environ.setdefault("MLPROV_SIDECAR", "false")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",

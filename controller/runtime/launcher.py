@@ -5,7 +5,7 @@ a job ended (ADR 0003). The local runtime therefore starts this wrapper as a new
 the process group the handle names), in the workspace, and the wrapper does what needs a parent:
 
 * spawns the sidecar (if any) first, then the job, each in its own process group; the job does not
-  see ``MLPROV_TASK_TOKEN`` (only the sidecar needs it);
+  see ``MLPROV_TASK_TOKEN`` nor ``MLPROV_HOME`` (only the sidecar needs them: its token and identity);
 * reads both processes' stdout and stderr and appends every line, timestamped, to ``output.jsonl``
   in its state directory, one line per record: ``<epoch seconds> <component> <stream> <text>``
   (the controller tails that file, also after a restart);
@@ -58,7 +58,7 @@ LAUNCH_FILE = "launch.json"
 OUTPUT_FILE = "output.jsonl"
 PIDS_FILE = "pids.json"
 EXIT_FILE = "exit.json"
-SIDECAR_ONLY_ENV = ("MLPROV_TASK_TOKEN",)
+SIDECAR_ONLY_ENV = ("MLPROV_TASK_TOKEN", "MLPROV_HOME")  # the task token and the signing identity
 JOB_EXIT_MARKER = os.path.join(".mlprov", "job-exit")  # relative to the workspace, the launcher's cwd
 MAX_SIDECAR_RESTARTS = 5
 _MAX_LINE = 64 * 1024

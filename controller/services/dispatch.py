@@ -55,6 +55,7 @@ from controller.services.task_records import (
     record_launching,
     record_started,
 )
+from controller.services.taskfile import write_task_file
 from controller.store.db import session_scope
 from controller.store.models import Job, LockQueueEntry, Task, TaskAttempt, TaskState, utcnow
 from provenance.errors import ProvenanceError
@@ -117,6 +118,7 @@ class Dispatcher:
         max_concurrent_jobs: int = 4,
         gpu_count: int = 0,
         sidecar_command: list[str] | None = None,
+        sidecar_env: dict[str, str] | None = None,
         controller_url: str = "http://127.0.0.1:8080",
         recorder: Any | None = None,
         runtime_name: str = "local",
@@ -134,6 +136,7 @@ class Dispatcher:
         self._max_jobs = max_concurrent_jobs
         self.locks = LockService(gpu_count)
         self._sidecar = sidecar_command
+        self._sidecar_env = dict(sidecar_env or {})
         self._controller_url = controller_url
         self._recorder = recorder
         self._mlflow = MlflowBridge(session_factory, recorder) if recorder is not None else None
@@ -369,7 +372,19 @@ class Dispatcher:
         if token is None:
             raise _LaunchAborted(TaskState.CANCELLED, "cancelled before the job started")
         self.publish(pending)
+        with self._sf() as session:  # what the sidecar links to (docs/sidecar-protocol.md section 1)
+            launched = self._live_task(session, active)
+            write_task_file(
+                workspace,
+                task=launched,
+                inputs=list(launched.inputs),
+                code=code,
+                session=session,
+                attempt=active.attempt,
+            )
         env = dict(service.env)
+        if self._sidecar:
+            env.update(self._sidecar_env)  # the launcher hands these to the sidecar only
         env.update(
             MLPROV_TASK_ID=active.task_id,
             MLPROV_TASK_TOKEN=token,
@@ -461,7 +476,15 @@ class Dispatcher:
         metric_values: dict[str, Any] = {}
         if state is TaskState.SUCCEEDED:
             try:
-                collected = outputs_mod.collect(workspace / "outputs", self._store)
+                if self._sidecar:  # the sidecar signed, uploaded and registered each output
+                    with self._sf() as session:
+                        collected = outputs_mod.registered_outputs(session, active.task_id)
+                    unsigned = outputs_mod.unsigned_outputs(workspace / "outputs", collected)
+                    if unsigned:
+                        state = TaskState.FAILED
+                        reason = f"outputs without a registered manifest (the sidecar did not deliver them): {unsigned}"
+                else:
+                    collected = outputs_mod.collect(workspace / "outputs", self._store)
                 metric_values = outputs_mod.read_metrics(workspace / "outputs")
             except (ControllerError, ProvenanceError, OSError) as exc:
                 state, reason = TaskState.FAILED, f"the outputs could not be recorded: {exc}"
@@ -543,8 +566,9 @@ def build_dispatcher(state: AppState) -> Dispatcher | None:
         work_dir=settings.work_dir,
         max_concurrent_jobs=settings.max_concurrent_jobs,
         gpu_count=int(getattr(settings, "gpu_count", 0)),
-        sidecar_command=settings.sidecar_command,
-        controller_url=f"http://{settings.host}:{settings.port}",
+        sidecar_command=settings.effective_sidecar_command,
+        sidecar_env={"MLPROV_HOME": str(settings.home)},
+        controller_url=settings.effective_controller_url,
         recorder=state.recorder,
         runtime_name=settings.runtime,
         server_options=options_from(settings, "server_", ServerManager),

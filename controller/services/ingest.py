@@ -251,7 +251,7 @@ class ManifestIngest:
                 c2pa=reg.c2pa,
                 oms_bundle=reg.oms_bundle,
                 log_index=entry.index,
-                meta=reg.meta,
+                meta=reg.meta or ({"artifact": dict(reg.artifact)} if reg.artifact else {}),
             )
             session.add(row)
             if artifact is not None and reg.artifact is not None:

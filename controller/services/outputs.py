@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,10 +24,20 @@ from controller.artifacts.base import ArtifactStore
 from controller.errors import InvalidInputError
 from controller.logging import get_logger
 from controller.services.refs import check_artifact_name
-from controller.store.models import Artifact, LineageEdge, utcnow
+from controller.store.models import Artifact, LineageEdge, Manifest, utcnow
 from provenance.hashing import format_digest, hash_path
 
-__all__ = ["METRICS_FILE", "Output", "add_edge", "collect", "prepare_workspace", "read_metrics", "record_output"]
+__all__ = [
+    "METRICS_FILE",
+    "Output",
+    "add_edge",
+    "collect",
+    "prepare_workspace",
+    "read_metrics",
+    "record_output",
+    "registered_outputs",
+    "unsigned_outputs",
+]
 
 log = get_logger(__name__)
 
@@ -44,9 +54,16 @@ class Output:
     kind: str
     uri: str
     is_dir: bool
+    manifest_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "digest": self.digest, "size": self.size, "kind": self.kind}
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "size": self.size,
+            "kind": self.kind,
+            "manifest_id": self.manifest_id,
+        }
 
 
 def prepare_workspace(workspace: Path, params: dict[str, Any]) -> None:
@@ -87,6 +104,38 @@ def collect(outputs_dir: Path, store: ArtifactStore) -> list[Output]:
         stored = store.put(path, digest)
         found.append(Output(path.name, stored.digest, stored.size, _kind(path), stored.uri, stored.is_dir))
     return found
+
+
+def registered_outputs(session: Session, task_id: str) -> list[Output]:
+    """The outputs the task's sidecar registered: one per output manifest (the latest per name)."""
+    rows = session.execute(
+        select(Manifest, Artifact)
+        .join(Artifact, Manifest.artifact_digest == Artifact.digest)
+        .where(Manifest.task_id == task_id, Manifest.role == "output", Manifest.deleted_at.is_(None))
+        .order_by(Manifest.created_at)
+    ).all()
+    by_name: dict[str, Output] = {}
+    for manifest, artifact in rows:
+        info = (manifest.meta or {}).get("artifact") or {}
+        name = str(info.get("name") or artifact.name or artifact.digest)
+        by_name[name] = Output(
+            name=name,
+            digest=artifact.digest,
+            size=artifact.size,
+            kind=str(info.get("kind") or artifact.kind),
+            uri=(artifact.uris or [""])[0],
+            is_dir=artifact.media_type == "application/x-directory",
+            manifest_id=manifest.id,
+        )
+    return [by_name[name] for name in sorted(by_name)]
+
+
+def unsigned_outputs(outputs_dir: Path, registered: list[Output]) -> list[str]:
+    """Top-level outputs left without a registered manifest: a traceability gap the task must not hide."""
+    if not outputs_dir.is_dir():
+        return []
+    names = {o.name for o in registered}
+    return sorted(p.name for p in outputs_dir.iterdir() if not _ignored(p.name) and p.name not in names)
 
 
 def read_metrics(outputs_dir: Path) -> dict[str, Any]:

@@ -250,7 +250,15 @@ def test_a_task_runs_and_everything_is_recorded(env: Env, tmp_path: Path) -> Non
     assert job.spec.env["MLPROV_TASK_TOKEN"].startswith("mlpt_")
     expected = format_digest(hash_path(env.work / tid / "outputs" / "model.pt"))
     outputs = {o["name"]: o for o in task.outputs}
-    assert outputs["model.pt"] == {"name": "model.pt", "digest": expected, "size": 7, "kind": "model"}
+    assert outputs["model.pt"] == {
+        "name": "model.pt",
+        "digest": expected,
+        "size": 7,
+        "kind": "model",
+        "manifest_id": None,  # no sidecar in this test: hashed and stored, not signed
+    }
+    task_file = json.loads((env.work / tid / ".mlprov" / "task.json").read_text())
+    assert task_file["task_id"] == tid
     assert outputs["metrics.json"]["kind"] == "evaluation"
     with env.factory() as s:
         assert s.get(Artifact, expected) is not None

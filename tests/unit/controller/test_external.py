@@ -153,7 +153,7 @@ async def test_a_2xx_call_succeeds_and_its_response_is_the_tasks_artifact(
     answer = json.dumps({"result": "done", "got": sent["body"].decode()}).encode()
     digest = "sha256:" + hashlib.sha256(answer).hexdigest()
     assert task["outputs"] == [
-        {"name": "legacy-response.json", "digest": digest, "size": len(answer), "kind": "dataset"}
+        {"name": "legacy-response.json", "digest": digest, "size": len(answer), "kind": "dataset", "manifest_id": None}
     ]
     assert task["details"]["external"]["http_status"] == 200
     assert task["details"]["external"]["response_digest"] == digest

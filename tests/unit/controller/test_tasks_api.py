@@ -91,7 +91,13 @@ async def test_submit_runs_the_job_and_records_outputs(client: httpx.AsyncClient
     task = await _until(client, created["id"], "succeeded", "failed")
     assert (task["state"], task["exit_code"]) == ("succeeded", 0), task
     assert task["outputs"] == [
-        {"name": "result.txt", "digest": "sha256:" + hashlib.sha256(b"r:ann").hexdigest(), "size": 5, "kind": "dataset"}
+        {
+            "name": "result.txt",
+            "digest": "sha256:" + hashlib.sha256(b"r:ann").hexdigest(),
+            "size": 5,
+            "kind": "dataset",
+            "manifest_id": None,
+        }
     ]
     assert task["run"] == RUN
     assert task["started_at"]
