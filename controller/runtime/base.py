@@ -88,8 +88,7 @@ class Runtime(Protocol):
         """Block until the job (and its sidecar) ended or ``timeout`` passed; return the status."""
         ...
 
-    def status(self, handle: JobHandle) -> JobStatus:
-        ...
+    def status(self, handle: JobHandle) -> JobStatus: ...
 
     def cancel(self, handle: JobHandle) -> None:
         """Kill the whole job (process group / Job) and its sidecar; idempotent."""
