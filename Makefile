@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install test test-unit lint typecheck bench clean migrations
+.PHONY: install test test-unit lint typecheck bench clean migrations demo up down
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,3 +39,17 @@ clean:
 # Regenerate the initial Alembic revision from controller/store/models.py (no release yet: one revision).
 migrations: install
 	$(BIN)/python -m controller.store.migrations.regenerate
+
+# The UIs on 127.0.0.1: controller, Airflow (api-server, scheduler, dag-processor), MLflow; `make down` stops them.
+# Ports: MLPROV_UP_CONTROLLER_PORT (8080), MLPROV_UP_AIRFLOW_PORT (8081), MLPROV_UP_MLFLOW_PORT (5000).
+up: install
+	$(BIN)/python -m controller.stack up
+
+down:
+	$(BIN)/python -m controller.stack down
+
+# The main job, one command: keys, controller, demo_lifecycle through Airflow, lineage, verification,
+# MLflow run IDs (controller/demo.py). Results stay in .mlprov/; DEMO_CONF overrides DAG params (JSON).
+DEMO_CONF ?= {}
+demo: install
+	$(BIN)/python -m controller.demo --home .mlprov --conf '$(DEMO_CONF)'
