@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from controller.logs.base import LogBus, LogRecord
 from controller.runtime.base import JobHandle, JobSpec, JobState, JobStatus, OutputLine, Runtime
 from controller.services import outputs as outputs_mod
 from controller.services.external import ExternalCaller
+from controller.services.ingest import backfill_mlflow
 from controller.services.locks import Grant, LockService
 from controller.services.refs import resolve_artifact, resolve_git_ref
 from controller.services.server_routing import env_for_run
@@ -121,6 +123,7 @@ class Dispatcher:
         sidecar_env: dict[str, str] | None = None,
         controller_url: str = "http://127.0.0.1:8080",
         recorder: Any | None = None,
+        on_mlflow_run: Callable[[str], object] | None = None,
         runtime_name: str = "local",
         git_timeout: float = 30.0,
         issue_token: TokenIssuer = issue_task_token,
@@ -139,7 +142,7 @@ class Dispatcher:
         self._sidecar_env = dict(sidecar_env or {})
         self._controller_url = controller_url
         self._recorder = recorder
-        self._mlflow = MlflowBridge(session_factory, recorder) if recorder is not None else None
+        self._mlflow = MlflowBridge(session_factory, recorder, on_mlflow_run) if recorder is not None else None
         self._runtime_name = runtime_name
         self._git_timeout = git_timeout
         self._issue_token = issue_token
@@ -570,6 +573,7 @@ def build_dispatcher(state: AppState) -> Dispatcher | None:
         sidecar_env={"MLPROV_HOME": str(settings.home)},
         controller_url=settings.effective_controller_url,
         recorder=state.recorder,
+        on_mlflow_run=partial(backfill_mlflow, state.session_factory, state.provenance_mlflow),
         runtime_name=settings.runtime,
         server_options=options_from(settings, "server_", ServerManager),
         external_options=options_from(settings, "external_", ExternalCaller),

@@ -72,6 +72,7 @@ __all__ = [
     "StoreResult",
     "UntrustedManifestSignerError",
     "answer_for",
+    "backfill_mlflow",
     "software_key",
 ]
 
@@ -347,25 +348,54 @@ class ManifestIngest:
         ]
 
     def _queue_mlflow(self, row: Manifest, task: Task | None, datasets: list[dict[str, Any]]) -> None:
-        if self.mlflow is None or task is None or not task.mlflow_run_id:
-            return
-        try:
-            name = None
-            if row.role == "output":
-                assertion = find_assertion(row.manifest, "mlprov.artifact")
-                name = assertion.get("name") if isinstance(assertion, dict) else None
-            self.mlflow.submit(
-                MlflowJob(
-                    mlflow_run_id=task.mlflow_run_id,
-                    manifest_id=row.id,
-                    role=row.role,
-                    manifest_json=json.dumps(row.manifest, indent=2).encode(),
-                    c2pa=row.c2pa,
-                    oms_bundle=row.oms_bundle,
-                    artifact_name=name or row.manifest.get("title"),
-                    artifact_digest=row.artifact_digest,
-                    dataset_inputs=datasets,
-                )
+        _queue_mlflow(self.mlflow, row, task, datasets)
+
+
+def backfill_mlflow(session_factory: sessionmaker[Session], mlflow: ProvenanceMlflow | None, task_id: str) -> int:
+    """Queue every manifest registered for ``task_id`` into its MLflow run; how many were queued.
+
+    The task's run is opened off the launch path, so a fast job's sidecar can register manifests
+    before ``Task.mlflow_run_id`` is set: those were not queued at registration. The dispatcher calls
+    this once the run exists and again when the task ends; the writer skips what it already wrote."""
+    if mlflow is None:
+        return 0
+    with session_factory() as session:
+        task = session.get(Task, task_id)
+        if task is None or not task.mlflow_run_id:
+            return 0
+        rows = session.scalars(
+            select(Manifest)
+            .where(Manifest.task_id == task_id, Manifest.deleted_at.is_(None))
+            .order_by(Manifest.created_at)
+        ).all()
+        datasets = ManifestIngest._dataset_inputs(session, task)
+        for row in rows:
+            _queue_mlflow(mlflow, row, task, datasets)
+    return len(rows)
+
+
+def _queue_mlflow(
+    mlflow: ProvenanceMlflow | None, row: Manifest, task: Task | None, datasets: list[dict[str, Any]]
+) -> None:
+    if mlflow is None or task is None or not task.mlflow_run_id:
+        return
+    try:
+        name = None
+        if row.role == "output":
+            assertion = find_assertion(row.manifest, "mlprov.artifact")
+            name = assertion.get("name") if isinstance(assertion, dict) else None
+        mlflow.submit(
+            MlflowJob(
+                mlflow_run_id=task.mlflow_run_id,
+                manifest_id=row.id,
+                role=row.role,
+                manifest_json=json.dumps(row.manifest, indent=2).encode(),
+                c2pa=row.c2pa,
+                oms_bundle=row.oms_bundle,
+                artifact_name=name or row.manifest.get("title"),
+                artifact_digest=row.artifact_digest,
+                dataset_inputs=datasets,
             )
-        except Exception as exc:  # MLflow is a view: never fail a registration
-            log.warning("mlflow_provenance_failed", manifest_id=row.id, error=f"{type(exc).__name__}: {exc}")
+        )
+    except Exception as exc:  # MLflow is a view: never fail a registration
+        log.warning("mlflow_provenance_failed", manifest_id=row.id, error=f"{type(exc).__name__}: {exc}")

@@ -67,6 +67,9 @@ class ProvenanceMlflow:
         self._lock = threading.Lock()
         self._client: Any | None = None
         self._inputs_logged: set[str] = set()
+        self._written: set[tuple[str, str]] = set()
+        """``(MLflow run, manifest ID)`` pairs written: a manifest queued twice (registration and the
+        back-fill of :func:`controller.services.ingest.backfill_mlflow`) is written once."""
         self.failures = 0
         self.done = 0
 
@@ -119,6 +122,9 @@ class ProvenanceMlflow:
         return self._client
 
     def _write(self, job: MlflowJob) -> None:
+        key = (job.mlflow_run_id, job.manifest_id)
+        if key in self._written:
+            return
         label = _label(job)
         self.recorder.log_artifact_bytes(job.mlflow_run_id, f"provenance/{label}.manifest.json", job.manifest_json)
         if job.c2pa is not None:
@@ -149,6 +155,7 @@ class ProvenanceMlflow:
             ]
             client.log_inputs(job.mlflow_run_id, datasets=datasets)
             self._inputs_logged.add(job.mlflow_run_id)
+        self._written.add(key)
 
 
 def build_provenance_mlflow(recorder: Any | None) -> ProvenanceMlflow | None:

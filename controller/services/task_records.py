@@ -27,7 +27,7 @@ from controller.services import outputs as outputs_mod
 from controller.services.locks import LockService
 from controller.services.refs import ResolvedArtifact
 from controller.store.db import session_scope
-from controller.store.models import Job, LockQueueEntry, Task, TaskAttempt, TaskEvent, TaskState, utcnow
+from controller.store.models import Job, LockQueueEntry, PipelineRun, Task, TaskAttempt, TaskEvent, TaskState, utcnow
 
 __all__ = [
     "MlflowBridge",
@@ -297,9 +297,22 @@ def record_call_end(
 class MlflowBridge:
     """One MLflow run per task (the recorder nests it under the pipeline run)."""
 
-    def __init__(self, factory: sessionmaker[Session], recorder: Any) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session], recorder: Any, on_run: Callable[[str], object] | None = None
+    ) -> None:
         self._sf = factory
         self._recorder = recorder
+        self._on_run = on_run
+        """Called with the task ID once its run exists and again when the task ended: the manifests its
+        sidecar registered before the run existed join it (``controller.services.ingest.backfill_mlflow``)."""
+
+    def _backfill(self, task_id: str) -> None:
+        if self._on_run is None:
+            return
+        try:
+            self._on_run(task_id)
+        except Exception:
+            log.exception("mlflow back-fill failed", task_id=task_id)
 
     def start(self, task_id: str, attempt: int) -> None:
         """Open the task's run and remember its id (MLflow calls take ~0.1 s: not on the launch path)."""
@@ -323,8 +336,19 @@ class MlflowBridge:
                     row = session.get(Task, task_id)
                     if row is not None:
                         row.mlflow_run_id = str(run_id)
+                        self._remember_parent(session, row)
         except Exception:
             log.exception("mlflow start failed", task_id=task_id)
+
+    def _remember_parent(self, session: Session, task: Task) -> None:
+        """The pipeline run's MLflow parent run id, kept on the first of its tasks to start."""
+        if task.pipeline_run_id is None or task.run_id is None:
+            return
+        pipeline = session.get(PipelineRun, task.pipeline_run_id)
+        if pipeline is not None and not pipeline.mlflow_run_id:
+            parent = self._recorder.find_pipeline_run(task.dag_id, task.run_id)
+            if parent:
+                pipeline.mlflow_run_id = str(parent)
 
     def record(
         self,
@@ -340,6 +364,7 @@ class MlflowBridge:
             start_thread.join(60)
         else:
             self.start(task_id, attempt)
+        self._backfill(task_id)  # every manifest is registered by now (the outputs were taken from them)
         self.finish(task_id, metrics, log_text)
 
     def finish(self, task_id: str, metrics: dict[str, Any], log_text: str) -> None:
