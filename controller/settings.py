@@ -83,7 +83,40 @@ class Settings(BaseSettings):
     s3_secure: bool = True
 
     kafka_bootstrap: str | None = None
+    """``host:port[,host:port]``: the Kafka ``LogBus`` (issue 6); unset: the embedded bus."""
+    kafka_events_topic: str = "mlprov.task-events"
+    """Records with an ``event`` (task events) go here; every other line to ``kafka_logs_topic``."""
+    kafka_logs_topic: str = "mlprov.component-logs"
+    kafka_consumer_group: str = "mlprov-log-index"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    """``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``, ``OAUTHBEARER``...; passed through to kafka-python."""
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_timeout_ms: int = Field(default=5000, ge=100)
+    """Bound on every Kafka client constructor (``bootstrap_timeout_ms``) and call (request, block)."""
+    kafka_linger_ms: int = Field(default=20, ge=0)
+    kafka_batch_bytes: int = Field(default=256 * 1024, ge=1024)
+    kafka_spill_dir: Path | None = None
+    """Unset: ``$MLPROV_HOME/logs/kafka-spill``."""
+    kafka_spill_max_bytes: int = Field(default=1024**3, ge=1024)
     elasticsearch_url: str | None = None
+    """The Elasticsearch ``LogIndex`` (issue 6); unset: the embedded SQLite FTS5 index."""
+    elasticsearch_data_stream: str = "mlprov-logs"
+    """The data stream the records go to; its index template and ILM policy share the name."""
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_ca_certs: Path | None = None
+    elasticsearch_timeout: float = Field(default=10.0, gt=0)
+    elasticsearch_rollover_max_size: str = "10gb"
+    """ILM: roll the write index over at this primary shard size or age."""
+    elasticsearch_rollover_max_age: str = "1d"
+    elasticsearch_retention: str = "30d"
+    """ILM: delete backing indices this long after rollover."""
     kibana_url: str | None = None
     mlflow_tracking_uri: str | None = None
     """Unset: ``sqlite:///$MLPROV_HOME/mlflow.db``."""
@@ -215,6 +248,10 @@ class Settings(BaseSettings):
     @property
     def effective_tlog_dir(self) -> Path:
         return self.tlog_dir if self.tlog_dir is not None else self.home / "tlog"
+
+    @property
+    def effective_kafka_spill_dir(self) -> Path:
+        return self.kafka_spill_dir if self.kafka_spill_dir is not None else self.home / "logs" / "kafka-spill"
 
     @property
     def artifact_dir(self) -> Path | None:

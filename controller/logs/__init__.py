@@ -49,18 +49,25 @@ INDEX_CONSUMER_GROUP = "index"
 
 
 def build_log_bus(settings: Settings) -> LogBus:
-    """Unset ``MLPROV_KAFKA_BOOTSTRAP``: the durable local log in ``$MLPROV_HOME/logs/bus/``."""
+    """``MLPROV_KAFKA_BOOTSTRAP`` set: Kafka (spilling to ``$MLPROV_HOME/logs/kafka-spill`` while the
+    broker is unreachable); unset: the durable local log in ``$MLPROV_HOME/logs/bus/``."""
     if settings.kafka_bootstrap:
-        raise LogError("MLPROV_KAFKA_BOOTSTRAP is set, but the Kafka log bus is not available yet (issue 6)")
+        from controller.logs.kafka_bus import KafkaConfig, KafkaLogBus
+        from controller.logs.spill import DiskSpill
+
+        spill = DiskSpill(settings.effective_kafka_spill_dir, settings.kafka_spill_max_bytes)
+        return KafkaLogBus(KafkaConfig.from_settings(settings), spill)
     from controller.logs.local_bus import LocalLogBus
 
     return LocalLogBus(settings.home / "logs" / "bus")
 
 
 def build_log_index(settings: Settings) -> LogIndex:
-    """Unset ``MLPROV_ELASTICSEARCH_URL``: SQLite FTS5 in ``$MLPROV_HOME/logs/index.db``."""
+    """``MLPROV_ELASTICSEARCH_URL`` set: Elasticsearch; unset: SQLite FTS5 in ``$MLPROV_HOME/logs/index.db``."""
     if settings.elasticsearch_url:
-        raise LogError("MLPROV_ELASTICSEARCH_URL is set, but the Elasticsearch index is not available yet (issue 6)")
+        from controller.logs.es_index import EsLogIndex
+
+        return EsLogIndex.from_settings(settings)
     from controller.logs.fts_index import FtsLogIndex
 
     return FtsLogIndex(settings.home / "logs" / "index.db")
@@ -68,8 +75,11 @@ def build_log_index(settings: Settings) -> LogIndex:
 
 def build_log_pipeline(settings: Settings, bus: LogBus, index: LogIndex) -> LogPipeline:
     """The thread that feeds ``index`` from ``bus`` (not started: call ``start()``)."""
+    from controller.logs.kafka_bus import KafkaConfig, KafkaLogBus, KafkaLogConsumer
     from controller.logs.local_bus import LocalLogBus
 
     if isinstance(bus, LocalLogBus):
         return LogPipeline(bus.consumer(INDEX_CONSUMER_GROUP), index)
-    raise LogError(f"no consumer for a {type(bus).__name__} log bus")  # issue 6 adds the Kafka consumer group
+    if isinstance(bus, KafkaLogBus):
+        return LogPipeline(KafkaLogConsumer(KafkaConfig.from_settings(settings)), index)
+    raise LogError(f"no consumer for a {type(bus).__name__} log bus")
