@@ -305,6 +305,16 @@ class MlflowRecorder:
         except Exception as exc:
             self._failed("end_pipeline_run", exc, dag_id=dag_id, run_id=run_id, state=state)
 
+    def find_pipeline_run(self, dag_id: str | None, run_id: str) -> str | None:
+        """The MLflow run id of the pipeline's parent run already recorded, or None."""
+        try:
+            with self._lock:
+                found = self._find(self._experiment_id(dag_id), _identity("pipeline", dag_id, run_id))
+                return None if found is None else str(found.info.run_id)
+        except Exception as exc:
+            self._failed("find_pipeline_run", exc, dag_id=dag_id, run_id=run_id)
+            return None
+
     def find_task_run(self, dag_id: str | None, run_id: str, task_id: str, attempt: int) -> str | None:
         """The MLflow run id of a task attempt already recorded, or None."""
         try:

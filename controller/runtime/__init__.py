@@ -17,7 +17,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from controller.runtime.local import LocalRuntime
 
-        return LocalRuntime()
+        return LocalRuntime(standby_sidecar=settings.effective_sidecar_command)
     from controller.errors import ControllerError
 
     raise ControllerError(f"MLPROV_RUNTIME={settings.runtime!r} is not available yet; use MLPROV_RUNTIME=local")

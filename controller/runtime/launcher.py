@@ -27,7 +27,13 @@ launcher started ahead (``--standby``, see :func:`standby`) and hands it the nex
 interpreter start-up is off the path altogether. Arguments::
 
     launcher.py STATE_DIR TIMEOUT|- GRACE SIDECAR_GRACE N_SIDECAR_ARGS [SIDECAR_ARGV...] COMMAND_ARGV...
-    launcher.py --standby          (request on stdin)
+    launcher.py --standby [N_SIDECAR_ARGS SIDECAR_ARGV...]     (request on stdin)
+
+A standby launcher given a sidecar command also starts that sidecar at once with ``--standby``: it
+imports and warms up while the launcher waits, then takes the job's cwd and environment on its stdin
+(:func:`_hand_to_sidecar`). The sidecar's start-up (a few seconds of imports on 2 busy cores) is thus
+neither on the job's path nor competing with the job for the CPU. A request for another sidecar
+command (or none) drops the standby one and starts cold; restarts after a crash are always cold.
 """
 
 from __future__ import annotations
@@ -125,13 +131,19 @@ def _exit_code(status: int) -> tuple[int, str | None]:
 
 
 class _Proc:
-    """A spawned child in its own process group, with its two pipes."""
+    """A spawned child in its own process group, with its two pipes (and ``stdin``, a pipe, when asked)."""
 
-    def __init__(self, component: str, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, component: str, argv: list[str], env: dict[str, str], *, stdin_pipe: bool = False) -> None:
         self.component = component
+        self.argv = argv
+        self.stdin: int | None = None
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         null = os.open(os.devnull, os.O_RDONLY)
+        if stdin_pipe:
+            in_r, self.stdin = os.pipe()
+            os.close(null)
+            null = in_r
         actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
         try:
             self.pid = os.posix_spawnp(
@@ -139,8 +151,9 @@ class _Proc:
                 setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGTERM, _signal.SIGINT, _signal.SIGCHLD),
             )  # fmt: skip
         except OSError:
-            for fd in (out_r, err_r):
-                os.close(fd)
+            for fd in (out_r, err_r, self.stdin):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
             for fd in (out_w, err_w, null):
@@ -148,13 +161,53 @@ class _Proc:
         self.pipes = {out_r: "stdout", err_r: "stderr"}
         self.status: int | None = None
 
+    def drop(self) -> None:
+        """Stop a standby sidecar that will not be used (its group killed, reaped, pipes closed)."""
+        _killpg(self.pid, _signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        for fd in (*self.pipes, self.stdin):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
-def standby() -> int:
+
+def _standby_sidecar(sidecar_argv: list[str]) -> _Proc | None:
+    """Start the next job's sidecar now (``--standby``: it imports and warms up, then waits on stdin for the
+    job's working directory and environment), so its start-up is off the job's path; None if it cannot."""
+    if not sidecar_argv:
+        return None
+    try:
+        return _Proc("sidecar", [*sidecar_argv, "--standby"], dict(os.environ), stdin_pipe=True)
+    except OSError:
+        return None
+
+
+def _hand_to_sidecar(warm: _Proc, cwd: str, env: Mapping[str, str]) -> bool:
+    """Give the standby sidecar its job (NUL-separated ``cwd`` and ``KEY=VALUE`` s, then EOF); False if it died."""
+    assert warm.stdin is not None
+    request = "\0".join([cwd, *(f"{k}={v}" for k, v in env.items())]).encode("utf-8", "surrogateescape")
+    try:
+        while request:
+            request = request[os.write(warm.stdin, request) :]
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(warm.stdin)
+        warm.stdin = None
+
+
+def standby(sidecar_argv: list[str]) -> int:
     """Warm start: wait (already started, imports done) for one job on stdin, then run it.
 
     The request is NUL-separated: ``cwd``, ``n_env``, ``KEY=VALUE`` x n_env, then the usual arguments
     (``STATE_DIR TIMEOUT GRACE SIDECAR_GRACE N_SIDECAR_ARGS ...``). EOF without a request (the
-    controller stopped or closed the runtime) exits quietly."""
+    controller stopped or closed the runtime) exits quietly.
+
+    ``sidecar_argv`` (``--standby N_SIDECAR_ARGS SIDECAR_ARGV...``): the sidecar the next job most likely
+    runs with, started now in standby; used when the request names the same command, else dropped."""
+    warm = _standby_sidecar(sidecar_argv)
     chunks = []
     while True:
         data = os.read(0, 65536)
@@ -163,6 +216,8 @@ def standby() -> int:
         chunks.append(data)
     request = b"".join(chunks)
     if not request:
+        if warm is not None:
+            warm.drop()
         return 0
     fields = [f.decode("utf-8", "surrogateescape") for f in request.split(b"\0")]
     cwd, n_env = fields[0], int(fields[1])
@@ -174,12 +229,12 @@ def standby() -> int:
     log_fd = os.open(os.path.join(args[1], "launcher.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    return main(args)
+    return main(args, warm_sidecar=warm)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
     if argv[1:2] == ["--standby"]:
-        return standby()
+        return standby(argv[3 : 3 + int(argv[2])] if len(argv) > 2 else [])
     state = argv[1]
     timeout = None if argv[2] == "-" else float(argv[2])
     grace, sidecar_grace = float(argv[3]), float(argv[4])
@@ -221,7 +276,14 @@ def main(argv: list[str]) -> int:
             poller.register(fd, _IN)
 
     sidecar: _Proc | None = None
-    if sidecar_argv:
+    warm = warm_sidecar
+    if warm is not None and (warm.argv != [*sidecar_argv, "--standby"] or not _hand_to_sidecar(warm, os.getcwd(), env)):
+        warm.drop()
+        warm = None
+    if warm is not None:
+        sidecar = warm
+        watch(sidecar)
+    elif sidecar_argv:
         try:
             sidecar = _Proc("sidecar", sidecar_argv, env)
             watch(sidecar)

@@ -13,6 +13,12 @@ plus where its evidence lives.
 Environment: the job sees an allow-list of the controller's environment (``PATH`` with the venv's
 ``bin`` first, ``HOME``, locale, ``XDG_*``, ...), never the controller's ``MLPROV_*`` secrets, plus
 ``spec.env`` and ``MLPROV_WORKSPACE``; ``MLPROV_TASK_TOKEN`` goes to the sidecar only.
+
+Warm start: one spare launcher waits (started after each launch, and at construction when
+``standby_sidecar`` is given) and takes the next job on stdin. When the last job's sidecar is mlprov's
+own, the spare also starts that sidecar in standby, so the next job's sidecar has done its seconds of
+imports before the job starts (see :mod:`controller.runtime.launcher`). Both wait with the allow-listed
+environment only.
 """
 
 from __future__ import annotations
@@ -74,11 +80,17 @@ def _parse_ref(ref: str) -> tuple[int, int, Path]:
     return int(pgid), int(start), Path(state_dir)
 
 
-def _job_env(spec: JobSpec) -> dict[str, str]:
+def _base_env() -> dict[str, str]:
+    """The allow-listed part of the controller's environment (no ``MLPROV_*`` secrets), venv first on PATH."""
     venv_bin = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     env = {k: v for k, v in os.environ.items() if k in _ENV_ALLOW or k.startswith("XDG_")}
     env["PATH"] = venv_bin + os.pathsep + path
+    return env
+
+
+def _job_env(spec: JobSpec) -> dict[str, str]:
+    env = _base_env()
     env["PYTHONUNBUFFERED"] = "1"  # stage output arrives line by line, not at exit
     env.update(spec.env)
     env["MLPROV_WORKSPACE"] = str(spec.workspace)
@@ -96,6 +108,14 @@ def _check_command(argv: list[str], env: dict[str, str], cwd: Path) -> None:
         raise JobLaunchError(f"cannot start {exe!r}: not found on PATH; fix the service's command or install it")
 
 
+def _has_standby(sidecar: list[str]) -> bool:
+    """Whether the sidecar command is mlprov's own (``... -m provenance.cli sidecar`` or ``mlprov sidecar``),
+    which understands ``--standby``; another command is always started cold."""
+    if not sidecar or sidecar[-1] != "sidecar":
+        return False
+    return "provenance.cli" in sidecar or os.path.basename(sidecar[0]) == "mlprov"
+
+
 class LocalRuntime:
     """Process groups under a launcher; see the module docstring. Thread-safe."""
 
@@ -107,6 +127,7 @@ class LocalRuntime:
         poll_interval: float = 0.02,
         python: str = sys.executable,
         warm: bool = True,
+        standby_sidecar: list[str] | None = None,
     ) -> None:
         self._grace = grace
         self._sidecar_grace = sidecar_grace
@@ -115,6 +136,11 @@ class LocalRuntime:
         self._warm = warm
         self._launcher_argv = [python, "-I", "-S", launcher.__file__]
         self._spare: subprocess.Popen[bytes] | None = None
+        self._spare_sidecar: list[str] = list(standby_sidecar or []) if _has_standby(standby_sidecar or []) else []
+        """The sidecar command of the last launch (at first ``standby_sidecar``, the configured one): the spare
+        launcher starts it in standby for the next job."""
+        if warm and self._spare_sidecar:  # the first job's sidecar is warm too
+            threading.Thread(target=self._start_spare, name="spare-launcher", daemon=True).start()
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
 
@@ -165,6 +191,7 @@ class LocalRuntime:
             except OSError as exc:
                 raise JobLaunchError(f"cannot start the job launcher: {exc}") from exc
         if self._warm:
+            self._spare_sidecar = list(sidecar) if _has_standby(sidecar) else []
             threading.Thread(target=self._start_spare, name="spare-launcher", daemon=True).start()
         started = _proc_start_time(proc.pid)
         handle = JobHandle(spec.task_id, spec.attempt, f"pid:{proc.pid}:{started[0] if started else 0}:{state_dir}")
@@ -236,11 +263,15 @@ class LocalRuntime:
     # -- the warm launcher -----------------------------------------------------------------------
 
     def _start_spare(self) -> None:
-        """Start the next job's launcher now, off the dispatch path (interpreter start-up is ~15 ms)."""
+        """Start the next job's launcher now, off the dispatch path (interpreter start-up is ~15 ms), with
+        the last job's sidecar command: the launcher starts that sidecar in standby too (seconds of imports)."""
+        sidecar = list(self._spare_sidecar)
+        standby = ["--standby", str(len(sidecar)), *sidecar] if sidecar else ["--standby"]
         try:
             proc = subprocess.Popen(
-                [*self._launcher_argv, "--standby"],
+                [*self._launcher_argv, *standby],
                 cwd="/",
+                env=_base_env(),  # it and its standby sidecar wait without the controller's secrets
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

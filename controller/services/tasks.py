@@ -13,8 +13,9 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Engine, create_engine, select
@@ -30,6 +31,7 @@ from controller.logs.base import LogIndex, LogQuery, LogRecord
 from controller.services.dispatch import TERMINAL_STATES, Dispatcher
 from controller.services.refs import check_artifact_ref, resolve_artifact
 from controller.services.server_routing import is_live
+from controller.settings import get_settings
 from controller.store.models import PipelineRun, ServiceKind, Task, TaskEvent, TaskState
 from controller.store.services_repo import get_service
 
@@ -42,6 +44,7 @@ __all__ = [
     "TaskStatusReader",
     "TaskSubmission",
     "TaskView",
+    "log_link",
     "status_reader",
     "task_view",
 ]
@@ -97,6 +100,8 @@ class TaskView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     cancel_requested: bool
+    links: dict[str, str] = Field(default_factory=dict)
+    """``logs``: Kibana Discover filtered to the task when ``MLPROV_KIBANA_URL`` is set, else the embedded search."""
 
 
 class SubmitResult(BaseModel):
@@ -113,6 +118,29 @@ class RunView(BaseModel):
     mlflow_run_id: str | None
     created_at: datetime
     tasks: list[TaskView]
+
+
+def _rison(text: str) -> str:
+    """``text`` as a quoted Rison string (Kibana's URL state encoding)."""
+    return "'" + text.replace("!", "!!").replace("'", "!'") + "'"
+
+
+def log_link(task_id: str, kibana_url: str | None, since: datetime | None = None) -> str:
+    """Where a task's log lines are: the ``mlprov-task-logs`` saved search in Kibana Discover filtered on
+    ``task_id`` (infra/kibana/), or the embedded ``/api/v1/logs/search`` (relative to the controller)."""
+    if not kibana_url:
+        return "/api/v1/logs/search?" + urlencode({"task_id": task_id, "order": "asc"})
+    kql = 'task_id:"' + task_id.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if since is not None:  # the store keeps naive UTC
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+    start = _rison(since.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z") if since is not None else "now-7d"
+    state_g = f"(time:(from:{start},to:now))"
+    state_a = f"(query:(language:kuery,query:{_rison(kql)}))"
+    safe = "()/:,!'*-_.~"
+    return (
+        f"{kibana_url.rstrip('/')}/app/discover#/view/mlprov-task-logs"
+        f"?_g={quote(state_g, safe=safe)}&_a={quote(state_a, safe=safe)}"
+    )
 
 
 def task_view(task: Task) -> TaskView:
@@ -140,6 +168,7 @@ def task_view(task: Task) -> TaskView:
         started_at=task.started_at,
         finished_at=task.finished_at,
         cancel_requested=task.cancel_requested_at is not None,
+        links={"logs": log_link(task.id, get_settings().kibana_url, task.submitted_at)},
     )
 
 

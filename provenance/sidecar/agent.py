@@ -169,11 +169,17 @@ class Sidecar:
         adopted = self.ledger.reconcile(self.spool.pending())
         if adopted:
             log.info("ledger_reconciled", adopted=len(adopted))
-        self._warm_up()
-        self._environment = self._capture_environment()
-        self._software_ref = self.software.resolve(self.task)
-        self.spool.start()
+        # Watch first: an artifact renamed into place during the warm-up is reported as renamed (queued
+        # until the run loop takes it), not found later and held for the stability interval.
         self.watcher.start()
+        captured: list[dict[str, Any]] = []  # the environment probe (I/O, a subprocess) overlaps the imports
+        probe = threading.Thread(target=lambda: captured.append(self._capture_environment()), daemon=True)
+        probe.start()
+        self._warm_up()
+        self._software_ref = self.software.resolve(self.task)
+        probe.join()
+        self._environment = captured[0] if captured else self._capture_environment()
+        self.spool.start()
         log.info(
             "sidecar_started",
             outputs=str(self.watcher.outputs),
