@@ -29,7 +29,6 @@ from plugins.operators import ControllerTaskOperator
 # The repository this file lives in (dags/..): the code the controller resolves to a commit.
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Operator settings shared by every task: poll the controller every second (the stages take seconds).
 # Poll the controller often: a task that ends just after a poll would otherwise wait a whole interval,
 # which on second-long stages costs more than the provenance capture itself (bench/bench_demo.py).
 _OPERATOR_DEFAULTS: dict[str, Any] = {"poll_interval": 0.25, "log_settle": 3.0}
