@@ -31,7 +31,6 @@ from controller.logs.base import LogIndex, LogQuery, LogRecord
 from controller.services.dispatch import TERMINAL_STATES, Dispatcher
 from controller.services.refs import check_artifact_ref, resolve_artifact
 from controller.services.server_routing import is_live
-from controller.settings import get_settings
 from controller.store.models import PipelineRun, ServiceKind, Task, TaskEvent, TaskState
 from controller.store.services_repo import get_service
 
@@ -143,7 +142,7 @@ def log_link(task_id: str, kibana_url: str | None, since: datetime | None = None
     )
 
 
-def task_view(task: Task) -> TaskView:
+def task_view(task: Task, kibana_url: str | None = None) -> TaskView:
     run = None
     if task.dag_id is not None and task.run_id is not None and task.airflow_task_id is not None:
         run = RunIdentity(
@@ -168,7 +167,7 @@ def task_view(task: Task) -> TaskView:
         started_at=task.started_at,
         finished_at=task.finished_at,
         cancel_requested=task.cancel_requested_at is not None,
-        links={"logs": log_link(task.id, get_settings().kibana_url, task.submitted_at)},
+        links={"logs": log_link(task.id, kibana_url, task.submitted_at)},
     )
 
 
@@ -190,11 +189,13 @@ class TaskService:
         dispatcher: Dispatcher | None,
         log_index: LogIndex | None = None,
         session_factory: sessionmaker[Session] | None = None,
+        kibana_url: str | None = None,
     ) -> None:
         self.session = session
         self.dispatcher = dispatcher
         self.log_index = log_index
         self.session_factory = session_factory
+        self.kibana_url = kibana_url
 
     # -- submit ---------------------------------------------------------------------------------
 
@@ -318,7 +319,7 @@ class TaskService:
         row = self.session.execute(select(_TASKS).where(_TASKS.c.id == task_id)).mappings().one_or_none()
         if row is None:
             raise TaskNotFoundError(f"no task {task_id!r}: check the id returned by POST /api/v1/tasks")
-        return task_view(Task(**row))
+        return task_view(Task(**row), self.kibana_url)
 
     def list_tasks(self, run_id: str | None = None, dag_id: str | None = None, limit: int = 500) -> list[TaskView]:
         query = select(Task).order_by(Task.submitted_at, Task.id).limit(limit)
@@ -326,7 +327,7 @@ class TaskService:
             query = query.where(Task.run_id == run_id)
         if dag_id is not None:
             query = query.where(Task.dag_id == dag_id)
-        return [task_view(t) for t in self.session.scalars(query)]
+        return [task_view(t, self.kibana_url) for t in self.session.scalars(query)]
 
     def get_run(self, dag_id: str, run_id: str) -> RunView:
         run = self.session.scalar(select(PipelineRun).where(PipelineRun.dag_id == dag_id, PipelineRun.run_id == run_id))
@@ -341,7 +342,7 @@ class TaskService:
             state=_run_state(tasks) if run.state == "running" else run.state,  # ended: as POST .../end said
             mlflow_run_id=run.mlflow_run_id,
             created_at=run.created_at,
-            tasks=[task_view(t) for t in tasks],
+            tasks=[task_view(t, self.kibana_url) for t in tasks],
         )
 
     # -- cancel -----------------------------------------------------------------------------------
@@ -352,7 +353,7 @@ class TaskService:
         self.session.rollback()  # end the read transaction: the dispatcher writes in its own
         dispatcher.cancel(task_id)
         self.session.expire_all()
-        return task_view(self._task(task_id))
+        return task_view(self._task(task_id), self.kibana_url)
 
     # -- logs -------------------------------------------------------------------------------------
 
@@ -421,8 +422,9 @@ class TaskStatusReader:
     thread-pool path on this 2-core machine (bench/bench_status_reads.py).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, kibana_url: str | None = None) -> None:
         self._engine = engine
+        self._kibana_url = kibana_url
         url = engine.url
         file_sqlite = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
         self._loop_engine = (
@@ -433,12 +435,11 @@ class TaskStatusReader:
             else None
         )
 
-    @staticmethod
-    def _read(conn: Connection, task_id: str) -> bytes:
+    def _read(self, conn: Connection, task_id: str) -> bytes:
         row = conn.execute(select(_TASKS).where(_TASKS.c.id == task_id)).mappings().one_or_none()
         if row is None:
             raise TaskNotFoundError(f"no task {task_id!r}: check the id returned by POST /api/v1/tasks")
-        return task_view(Task(**row)).model_dump_json().encode()
+        return task_view(Task(**row), self._kibana_url).model_dump_json().encode()
 
     def _read_pooled(self, task_id: str) -> bytes:
         with self._engine.connect() as conn:
@@ -462,9 +463,9 @@ class TaskStatusReader:
 _READERS: weakref.WeakKeyDictionary[Engine, TaskStatusReader] = weakref.WeakKeyDictionary()
 
 
-def status_reader(engine: Engine) -> TaskStatusReader:
+def status_reader(engine: Engine, kibana_url: str | None = None) -> TaskStatusReader:
     """The reader of the app whose store is ``engine`` (one per engine; goes with it)."""
     reader = _READERS.get(engine)
     if reader is None:
-        reader = _READERS[engine] = TaskStatusReader(engine)
+        reader = _READERS[engine] = TaskStatusReader(engine, kibana_url)
     return reader

@@ -31,7 +31,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "no such task"}
 
 async def get_task_service(session: SessionDep, state: StateDep) -> TaskService:
     # async: no I/O here, and no thread-pool hop on the hot status-read path
-    return TaskService(session, state.dispatcher, state.log_index, state.session_factory)
+    return TaskService(
+        session, state.dispatcher, state.log_index, state.session_factory, kibana_url=state.settings.kibana_url
+    )
 
 
 TaskServiceDep = Annotated[TaskService, Depends(get_task_service)]
@@ -71,7 +73,9 @@ def list_tasks(
 async def get_task(task_id: str, state: StateDep) -> Response:
     """The task's state, exit code, reason, outputs, timings, resolved refs (admin, read-only, or its task
     token: the rule every /api/v1 route has). The hot polling endpoint: see ``TaskStatusReader``."""
-    return Response(await status_reader(state.engine).get_json(task_id), media_type="application/json")
+    return Response(
+        await status_reader(state.engine, state.settings.kibana_url).get_json(task_id), media_type="application/json"
+    )
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TaskView, responses=_ERRORS)

@@ -135,3 +135,18 @@ def test_index_survives_reopening(tmp_path: Path) -> None:
     assert second.count() == 30
     assert len(second.search(LogQuery(q="checkpoint", limit=100)).records) == 10
     second.close()
+
+
+def test_positions_are_tracked_per_kafka_partition(index: FtsLogIndex) -> None:
+    def rec(partition: int, offset: int) -> LogRecord:
+        return LogRecord(
+            timestamp=float(offset), message=f"p{partition} o{offset}", component="job", id=f"logs:{partition}:{offset}"
+        )
+
+    index.index([rec(0, 5), rec(1, 2), rec(0, 6)])
+    # partition 1 is behind partition 0: its offset 3 is new, its offset 2 and partition 0's 6 are redeliveries
+    index.index([rec(1, 2), rec(1, 3), rec(0, 6), rec(0, 7)])
+    assert index.count() == 5
+    assert index.contains("logs:1:3")
+    assert index.contains("logs:0:7")
+    assert not index.contains("logs:1:4")
