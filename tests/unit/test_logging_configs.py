@@ -138,3 +138,17 @@ def test_logstash_reads_both_topics_and_writes_idempotently_to_the_data_stream()
     assert written <= set(MAPPINGS["properties"])
     for name in ("fields_text", "manifest_id", "artifact_id"):
         assert f'"{name}"' in code
+
+
+def test_the_docker_compose_recipe_binds_loopback_and_matches_the_live_tests() -> None:
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "infra/dev/docker-compose.logging.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"kafka", "elasticsearch", "kibana"}
+    ports = {name: spec["ports"] for name, spec in services.items()}
+    assert all(p.startswith("127.0.0.1:") for bound in ports.values() for p in bound), ports
+    assert ports["kafka"] == ["127.0.0.1:9092:9092"]
+    assert ports["elasticsearch"] == ["127.0.0.1:9200:9200"]
+    assert services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://127.0.0.1:9092"
+    assert services["kibana"]["depends_on"]["elasticsearch"]["condition"] == "service_healthy"
+    live = (Path(__file__).resolve().parents[1] / "integration").glob("test_*_live.py")
+    assert {p.name for p in live} == {"test_kafka_live.py", "test_es_live.py"}
