@@ -139,10 +139,10 @@ class LocalRuntime:
         self._spare_sidecar: list[str] = list(standby_sidecar or []) if _has_standby(standby_sidecar or []) else []
         """The sidecar command of the last launch (at first ``standby_sidecar``, the configured one): the spare
         launcher starts it in standby for the next job."""
-        if warm and self._spare_sidecar:  # the first job's sidecar is warm too
-            threading.Thread(target=self._start_spare, name="spare-launcher", daemon=True).start()
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        if warm and self._spare_sidecar:  # the first job's sidecar is warm too (after every field exists)
+            threading.Thread(target=self._start_spare, name="spare-launcher", daemon=True).start()
 
     # -- Runtime ---------------------------------------------------------------------------------
 

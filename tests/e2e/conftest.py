@@ -8,10 +8,7 @@ stage programs of ``tests/data/stages`` and a one-commit git repository holding 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +31,7 @@ from controller.services.tlog import GroupCommitLog
 from controller.settings import Settings
 from controller.state import AppState
 from provenance.tlog.local import LocalTransparencyLog
+from tests.job_cleanup import kill_jobs
 
 __all__ = [
     "ADMIN",
@@ -226,17 +224,6 @@ def make_code_repo(root: Path) -> tuple[Path, str]:
         ["git", "rev-parse", "HEAD"], cwd=root, env=env, check=True, capture_output=True, text=True, timeout=30
     ).stdout.strip()
     return root, commit
-
-
-def kill_jobs(home: Path) -> None:
-    """Kill every job, sidecar and launcher started under ``home`` (a failed test leaves none behind)."""
-    for pids_file in home.glob("work/*/.job-*/pids.json"):
-        with contextlib.suppress(OSError, ValueError):
-            pids = json.loads(pids_file.read_text())
-            for key in ("job", "sidecar", "launcher"):
-                if pids.get(key):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(int(pids[key]), signal.SIGKILL)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ jobs and waiting tasks are all recorded correctly by the next controller (same D
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from sqlalchemy import select
 from controller.main import create_app
 from controller.settings import Settings
 from controller.store.models import Job
+from tests.job_cleanup import kill_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +44,7 @@ WAIT_FOR = (
 def _no_job_outlives_the_test(mlprov_home: Path) -> Iterator[None]:
     """Even when an assertion fails half-way, kill every job this test started (they wait for files)."""
     yield
-    for pids_file in mlprov_home.glob("work/*/.job-*/pids.json"):
-        pids = json.loads(pids_file.read_text())
-        for key in ("job", "sidecar", "launcher"):
-            if pids.get(key):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(pids[key]), signal.SIGKILL)
+    kill_jobs(mlprov_home)
 
 
 @asynccontextmanager

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from pydantic import SecretStr
 
 from controller.main import create_app
 from controller.settings import Settings
+from tests.job_cleanup import kill_jobs
 
 __all__ = ["ADMIN", "PY", "SERVICES", "ControllerServer", "connection_env", "running_controller"]
 
@@ -84,13 +84,7 @@ def connection_env(port: int, token: str = ADMIN, **extra: Any) -> str:
 
 
 def _kill_jobs(home: Path) -> None:
-    for pids_file in home.glob("work/*/.job-*/pids.json"):
-        with contextlib.suppress(OSError, ValueError):
-            pids = json.loads(pids_file.read_text())
-            for key in ("job", "sidecar", "launcher"):
-                if pids.get(key):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(int(pids[key]), signal.SIGKILL)
+    kill_jobs(home)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from controller.main import create_app
 from controller.services.servers import ServerManager
 from controller.settings import Settings
+from tests.job_cleanup import kill_jobs
 
 ADMIN = "admin-token-for-server-tests"
 H = {"Authorization": f"Bearer {ADMIN}"}
@@ -44,12 +45,7 @@ def _run(task_id: str, run_id: str = "r1", try_number: int = 1) -> dict[str, Any
 
 
 def _kill_all(home: Path) -> None:
-    for pids_file in home.glob("work/*/.job-*/pids.json"):
-        pids = json.loads(pids_file.read_text())
-        for key in ("job", "sidecar", "launcher"):
-            if pids.get(key):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(pids[key]), signal.SIGKILL)
+    kill_jobs(home)
 
 
 @pytest.fixture(autouse=True)

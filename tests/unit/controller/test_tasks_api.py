@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
-import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ from pydantic import SecretStr
 
 from controller.main import create_app
 from controller.settings import Settings
+from tests.job_cleanup import kill_jobs
 
 ADMIN = "admin-token-for-task-api-tests"
 H = {"Authorization": f"Bearer {ADMIN}"}
@@ -45,12 +43,7 @@ SERVICES = [
 def _no_job_outlives_the_test(mlprov_home: Path) -> Iterator[None]:
     """Even when an assertion fails half-way, kill every job this test started (they wait for files)."""
     yield
-    for pids_file in mlprov_home.glob("work/*/.job-*/pids.json"):
-        pids = json.loads(pids_file.read_text())
-        for key in ("job", "sidecar", "launcher"):
-            if pids.get(key):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(pids[key]), signal.SIGKILL)
+    kill_jobs(mlprov_home)
 
 
 @pytest.fixture
