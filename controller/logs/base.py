@@ -19,7 +19,20 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from controller import errors
 
-__all__ = ["InvalidLogQueryError", "LogBus", "LogConsumer", "LogError", "LogIndex", "LogPage", "LogQuery", "LogRecord"]
+MAX_LIMIT = 1000
+"""The most records one search page returns, on every index."""
+
+__all__ = [
+    "MAX_LIMIT",
+    "InvalidLogQueryError",
+    "LogBus",
+    "LogConsumer",
+    "LogError",
+    "LogIndex",
+    "LogPage",
+    "LogQuery",
+    "LogRecord",
+]
 
 
 class LogError(errors.UnavailableError):
@@ -132,6 +145,29 @@ class LogQuery:
     """Opaque; from the previous page's ``next_cursor`` with the same filters and order."""
     order: Literal["desc", "asc"] = "desc"
     """``desc``: newest first (search); ``asc``: chronological (a task's log view)."""
+
+    def check(self) -> None:
+        """Refuse what no index can answer (every ``LogIndex`` calls this first)."""
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise InvalidLogQueryError(f"limit must be between 1 and {MAX_LIMIT}, not {self.limit}")
+        if self.order not in ("asc", "desc"):
+            raise InvalidLogQueryError(f"order must be asc or desc, not {self.order!r}")
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise InvalidLogQueryError("since is after until")
+
+    def exact_filters(self) -> list[tuple[str, str | int]]:
+        """``(LogRecord field, value)`` of every exact-match filter that is set, in one fixed order."""
+        pairs: list[tuple[str, str | int | None]] = [
+            ("run_id", self.run_id),
+            ("dag_id", self.dag_id),
+            ("task_id", self.task_id),
+            ("attempt", self.attempt),
+            ("component", self.component),
+            ("level", self.level),
+            ("stream", self.stream),
+            ("event", self.event),
+        ]
+        return [(name, value) for name, value in pairs if value is not None]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from controller.logs.base import InvalidLogQueryError, LogError, LogPage, LogQuery, LogRecord
-from controller.logs.fts_index import MAX_LIMIT
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -139,26 +138,8 @@ def _decode_cursor(cursor: str, order: str) -> list[Any]:
 
 def search_body(query: LogQuery) -> dict[str, Any]:
     """The ``_search`` body for ``query`` (validated as the embedded index validates it)."""
-    if not 1 <= query.limit <= MAX_LIMIT:
-        raise InvalidLogQueryError(f"limit must be between 1 and {MAX_LIMIT}, not {query.limit}")
-    if query.order not in ("asc", "desc"):
-        raise InvalidLogQueryError(f"order must be asc or desc, not {query.order!r}")
-    if query.since is not None and query.until is not None and query.since > query.until:
-        raise InvalidLogQueryError("since is after until")
-    filters: list[dict[str, Any]] = [
-        {"term": {name: value}}
-        for name, value in (
-            ("run_id", query.run_id),
-            ("dag_id", query.dag_id),
-            ("task_id", query.task_id),
-            ("attempt", query.attempt),
-            ("component", query.component),
-            ("level", query.level),
-            ("stream", query.stream),
-            ("event", query.event),
-        )
-        if value is not None
-    ]
+    query.check()
+    filters: list[dict[str, Any]] = [{"term": {name: value}} for name, value in query.exact_filters()]
     if query.since is not None or query.until is not None:
         bounds: dict[str, float] = {}
         if query.since is not None:

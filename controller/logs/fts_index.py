@@ -34,9 +34,19 @@ from typing import Any
 
 from controller.logs.base import InvalidLogQueryError, LogError, LogPage, LogQuery, LogRecord
 
-__all__ = ["MAX_LIMIT", "FtsLogIndex", "fts_match_expression"]
+__all__ = ["FtsLogIndex", "fts_match_expression"]
 
-MAX_LIMIT = 1000
+# LogRecord field -> column of the ``logs`` table.
+_FILTER_COLUMNS = {
+    "run_id": "run",
+    "dag_id": "dag",
+    "task_id": "task",
+    "attempt": "attempt",
+    "component": "component",
+    "level": "level",
+    "stream": "stream",
+    "event": "event",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -243,12 +253,7 @@ class FtsLogIndex:
 
     # -- reading ------------------------------------------------------------------------------
     def search(self, query: LogQuery) -> LogPage:
-        if not 1 <= query.limit <= MAX_LIMIT:
-            raise InvalidLogQueryError(f"limit must be between 1 and {MAX_LIMIT}, not {query.limit}")
-        if query.order not in ("asc", "desc"):
-            raise InvalidLogQueryError(f"order must be asc or desc, not {query.order!r}")
-        if query.since is not None and query.until is not None and query.since > query.until:
-            raise InvalidLogQueryError("since is after until")
+        query.check()
         where: list[str] = []
         args: list[Any] = []
         match = fts_match_expression(query.q) if query.q else None
@@ -260,19 +265,9 @@ class FtsLogIndex:
             source = "logs_fts JOIN logs l ON l.id = logs_fts.rowid"
             where.append("logs_fts MATCH ?")
             args.append(match)
-        for column, value in (
-            ("run", query.run_id),
-            ("dag", query.dag_id),
-            ("task", query.task_id),
-            ("attempt", query.attempt),
-            ("component", query.component),
-            ("level", query.level),
-            ("stream", query.stream),
-            ("event", query.event),
-        ):
-            if value is not None:
-                where.append(f"l.{column} = ?")
-                args.append(value)
+        for field, value in query.exact_filters():
+            where.append(f"l.{_FILTER_COLUMNS[field]} = ?")
+            args.append(value)
         if query.since is not None:
             where.append("l.timestamp >= ?")
             args.append(query.since)

@@ -15,8 +15,7 @@ from pydantic import BaseModel
 
 from controller.api.deps import ReaderDep, StateDep
 from controller.errors import InvalidInputError, UnavailableError
-from controller.logs.base import LogQuery
-from controller.logs.fts_index import MAX_LIMIT
+from controller.logs.base import MAX_LIMIT, LogQuery
 
 __all__ = ["router"]
 
