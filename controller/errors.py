@@ -16,11 +16,14 @@ handler puts on the wire: ``{"error": code, "detail": message}``.
      │    ├── ServiceNotFoundError
      │    ├── TaskNotFoundError
      │    ├── RunNotFoundError
-     │    └── ArtifactNotFoundError
+     │    ├── ArtifactNotFoundError
+     │    └── ServerNotFoundError           404 server_not_found    (a run's server by name)
      ├── ConflictError                      409 conflict
      ├── PayloadTooLargeError               413 payload_too_large
      ├── CatalogError                       500 catalog_invalid     (services.yaml; raised at start-up)
      ├── JobLaunchError                     500 job_launch_failed   (recorded on the task, not an HTTP answer)
+     ├── ServerUnreachableError             502 server_unreachable  (proxying to a run's server)
+     ├── ServerTimeoutError                 504 server_timeout
      └── UnavailableError                   503 unavailable         (database or a backend down)
 
 ``provenance.errors.ProvenanceError`` subclasses are mapped too, see :func:`status_for`.
@@ -52,6 +55,9 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "RunNotFoundError",
+    "ServerNotFoundError",
+    "ServerTimeoutError",
+    "ServerUnreachableError",
     "ServiceNotFoundError",
     "TaskNotFoundError",
     "UnauthorizedError",
@@ -141,6 +147,20 @@ class JobLaunchError(ControllerError):
 class UnavailableError(ControllerError):
     status_code = 503
     code = "unavailable"
+
+
+class ServerNotFoundError(NotFoundError):
+    code = "server_not_found"
+
+
+class ServerUnreachableError(ControllerError):
+    status_code = 502
+    code = "server_unreachable"
+
+
+class ServerTimeoutError(ControllerError):
+    status_code = 504
+    code = "server_timeout"
 
 
 # Most specific first: the first isinstance match wins.

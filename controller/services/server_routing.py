@@ -26,7 +26,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from controller.errors import ControllerError, NotFoundError, RunNotFoundError, UnavailableError
+from controller.errors import (
+    RunNotFoundError,
+    ServerNotFoundError,
+    ServerTimeoutError,
+    ServerUnreachableError,
+    UnavailableError,
+)
 from controller.store.db import session_scope
 from controller.store.models import PipelineRun, Server, ServerState, utcnow
 
@@ -58,20 +64,6 @@ _HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "authorization", "content-length"}
 _TOUCH_EVERY = 5.0
 _touched: dict[str, float] = {}
-
-
-class ServerNotFoundError(NotFoundError):
-    code = "server_not_found"
-
-
-class ServerUnreachableError(ControllerError):
-    status_code = 502
-    code = "server_unreachable"
-
-
-class ServerTimeoutError(ControllerError):
-    status_code = 504
-    code = "server_timeout"
 
 
 def env_name(service: str) -> str:
