@@ -13,6 +13,7 @@ healthy 503, an unknown name 404. Job tasks of the run get ``MLPROV_SERVER_<NAME
 from __future__ import annotations
 
 import re
+import threading
 import time
 from datetime import datetime
 from urllib.parse import quote
@@ -63,7 +64,36 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "authorization", "content-length"}
 _TOUCH_EVERY = 5.0
-_touched: dict[str, float] = {}
+
+
+class _ActivityThrottle:
+    """At most one activity write per server every ``every`` seconds, in bounded memory.
+
+    Entries older than ``every`` say nothing any more (the next proxied request writes anyway), so they
+    are dropped whenever the map outgrows ``limit``: its size stays bounded by the servers proxied within
+    one interval, not by every server ever proxied.
+    """
+
+    def __init__(self, every: float, limit: int = 1024) -> None:
+        self._every, self._limit = every, limit
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: str, now: float) -> bool:
+        """Whether ``key`` should be written now (and remember that it was)."""
+        with self._lock:
+            if now - self._last.get(key, float("-inf")) <= self._every:
+                return False
+            self._last[key] = now
+            if len(self._last) > self._limit:
+                self._last = {k: t for k, t in self._last.items() if now - t <= self._every}
+            return True
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
+_touched = _ActivityThrottle(_TOUCH_EVERY)
 
 
 def env_name(service: str) -> str:
@@ -149,9 +179,7 @@ def _target(factory: sessionmaker[Session], dag_id: str, run_id: str, name: str)
             raise ServerNotFoundError(f"run {dag_id}/{run_id} has no server {name!r}: submit a task of it first")
         if row.state != ServerState.HEALTHY or row.url is None:
             raise UnavailableError(f"server {name!r} of run {dag_id}/{run_id} is {row.state}, not healthy")
-        now = time.monotonic()
-        if now - _touched.get(row.id, 0.0) > _TOUCH_EVERY:  # at most one write per server every few seconds
-            _touched[row.id] = now
+        if _touched.due(row.id, time.monotonic()):  # at most one write per server every few seconds
             row.last_activity_at = utcnow()
         return row.url
 
