@@ -47,6 +47,7 @@ API_ROUTERS: tuple[str, ...] = (
     "manifests",
     "software",
     "log",
+    "deployments",
 )
 # Routers that only read, even through POST (a query with a body): any reader token, not the method rule.
 _READ_ONLY_ROUTERS = frozenset({"verify"})

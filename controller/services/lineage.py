@@ -9,7 +9,8 @@ was made from it) or both (the union of the two walks, not an undirected walk).
 artifacts. The recursive CTE carries ``(node, depth)`` rows and uses ``UNION`` (not ``UNION ALL``),
 so a row already produced is never expanded again: with the depth bound, a cycle in the data costs at
 most ``depth`` visits of each node on its path and the query always ends. Each node then gets its
-smallest depth. One walk costs three statements whatever the size of the answer: nodes (with their
+smallest depth. A task node carries the deployment (DAG version) it recorded at submission, joined in
+the same statement. One walk costs three statements whatever the size of the answer: nodes (with their
 artifact/task rows and latest manifest), edges, and nothing else; no Python loop per level.
 
 ``truncated`` is true when some node at the depth bound has an edge (in the walked direction) to a
@@ -40,7 +41,8 @@ from sqlalchemy.orm import Session
 
 from controller.errors import ArtifactNotFoundError, RunNotFoundError
 from controller.logging import get_logger
-from controller.store.models import Artifact, LineageEdge, Manifest, PipelineRun, Task
+from controller.services.deployments_query import DeploymentRef, deployment_refs
+from controller.store.models import Artifact, Deployment, DeploymentDag, LineageEdge, Manifest, PipelineRun, Task
 
 __all__ = [
     "DEFAULT_DEPTH",
@@ -88,6 +90,9 @@ class GraphNode(BaseModel):
     dag_id: str | None = None
     run_id: str | None = None
     airflow_task_id: str | None = None
+    deployment: DeploymentRef | None = Field(
+        default=None, description="for a task: the deployment (DAG version) it recorded at submission"
+    )
 
 
 class GraphEdge(BaseModel):
@@ -201,6 +206,8 @@ def _latest_manifest(node_id: ColumnElement[str]) -> Any:
 def _nodes_query(reached: CTE) -> Select[Any]:
     a = Artifact.__table__
     t = Task.__table__
+    dep = Deployment.__table__
+    dag = DeploymentDag.__table__
     is_artifact = reached.c.node_type == "artifact"
     return (
         select(
@@ -216,11 +223,22 @@ def _nodes_query(reached: CTE) -> Select[Any]:
             t.c.dag_id,
             t.c.run_id,
             t.c.airflow_task_id,
+            t.c.deployment_id,
+            dep.c.pipeline.label("dep_pipeline"),
+            dep.c.environment.label("dep_environment"),
+            dep.c.sequence.label("dep_sequence"),
+            dep.c.commit.label("dep_commit"),
+            dep.c.manifest_id.label("dep_manifest_id"),
+            dep.c.manifest_hash.label("dep_manifest_hash"),
+            dag.c.path.label("dep_dag_file"),
+            dag.c.digest.label("dep_dag_file_digest"),
             _latest_manifest(reached.c.node_id).label("manifest"),
         )
         .select_from(reached)
         .outerjoin(a, and_(is_artifact, a.c.digest == reached.c.node_id))
         .outerjoin(t, and_(reached.c.node_type == "task", t.c.id == reached.c.node_id))
+        .outerjoin(dep, dep.c.id == t.c.deployment_id)
+        .outerjoin(dag, and_(dag.c.deployment_id == t.c.deployment_id, dag.c.dag_id == t.c.dag_id))
     )
 
 
@@ -229,6 +247,23 @@ def _edges_query(reached: CTE, way: _Way) -> Select[Any]:
     return select(_EDGES.c.src_type, _EDGES.c.src_id, _EDGES.c.dst_type, _EDGES.c.dst_id, _EDGES.c.role).select_from(
         reached.join(_EDGES, and_(way.near_type == reached.c.node_type, way.near_id == reached.c.node_id))
     )  # no condition on lineage_edges (see _walk): edges to other node types are dropped by the caller
+
+
+def _deployment_of(row: Any) -> DeploymentRef | None:
+    if row.deployment_id is None or row.dep_commit is None:
+        return None
+    return DeploymentRef(
+        id=row.deployment_id,
+        pipeline=row.dep_pipeline,
+        environment=row.dep_environment,
+        sequence=row.dep_sequence,
+        commit=row.dep_commit,
+        manifest_id=row.dep_manifest_id,
+        manifest_hash=row.dep_manifest_hash,
+        dag_id=row.dag_id,
+        dag_file=row.dep_dag_file,
+        dag_file_digest=row.dep_dag_file_digest,
+    )
 
 
 def _node(row: Any) -> GraphNode:
@@ -256,6 +291,7 @@ def _node(row: Any) -> GraphNode:
             dag_id=row.dag_id,
             run_id=row.run_id,
             airflow_task_id=row.airflow_task_id,
+            deployment=_deployment_of(row),
         )
     return GraphNode(id=row.node_id, type=row.node_type, depth=row.depth, name=row.node_id)
 
@@ -342,6 +378,9 @@ class RunTaskProvenance(BaseModel):
     consumed: list[str] = Field(description="digests of the input artifacts")
     produced: list[str] = Field(description="digests of the output artifacts")
     manifests: list[str] = Field(description="IDs of the manifests this task registered")
+    deployment: DeploymentRef | None = Field(
+        default=None, description="the deployment (DAG version) the task recorded at submission"
+    )
 
 
 class RunProvenance(BaseModel):
@@ -354,11 +393,15 @@ class RunProvenance(BaseModel):
     artifacts: list[RunArtifact]
     manifests: list[RunManifest]
     code: list[str]
+    deployments: list[DeploymentRef] = Field(
+        default_factory=list, description="the deployments (DAG versions) the run's tasks ran under, oldest first"
+    )
 
 
 def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
-    """Everything the run's tasks (every try) consumed and produced, with manifests and code: five
-    set-based statements, none per task. :class:`RunNotFoundError` when no task belongs to the run."""
+    """Everything the run's tasks (every try) consumed and produced, with manifests, code and the
+    deployments (DAG versions) they ran under: seven set-based statements, none per task.
+    :class:`RunNotFoundError` when no task belongs to the run."""
     run = session.scalar(select(PipelineRun).where(PipelineRun.dag_id == dag_id, PipelineRun.run_id == run_id))
     tasks = list(
         session.scalars(
@@ -436,6 +479,7 @@ def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
         )
         for d in digests
     ]
+    deployments = deployment_refs(session, [(t.deployment_id, t.dag_id) for t in tasks if t.deployment_id])
     return RunProvenance(
         dag_id=dag_id,
         run_id=run_id,
@@ -452,6 +496,7 @@ def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
                 consumed=sorted(consumed[t.id]),
                 produced=sorted(produced[t.id]),
                 manifests=by_task[t.id],
+                deployment=deployments.get(t.deployment_id) if t.deployment_id else None,
             )
             for t in tasks
         ],
@@ -460,4 +505,5 @@ def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
         artifacts=artifacts,
         manifests=manifests,
         code=sorted({c for cs in code_refs.values() for c in cs}),
+        deployments=sorted(deployments.values(), key=lambda d: (d.pipeline, d.environment, d.sequence)),
     )

@@ -9,8 +9,10 @@ The dispatcher calls :func:`write_task_file` before it starts the job::
 Each input gets ``path`` (default ``inputs/<name>``), ``kind`` (given, else the ``Artifact`` row's, else
 null) and the ``manifest_id`` / ``manifest_hash`` of the most recent manifest registered for its digest
 (not deleted), or null for an input without one (an unsigned ancestor, which the sidecar records and
-verification reports). ``params`` is the task's parameters. The file is written atomically (temporary
-file, fsync, rename) so the sidecar never reads half of it.
+verification reports). ``params`` is the task's parameters. ``deployment`` is the deployment the task
+recorded at submission (``{id, pipeline, environment, sequence, commit, manifest_id, manifest_hash, dag_id,
+dag_file, dag_file_digest}``: the DAG version that runs it; docs/deployments.md), or null. The file is
+written atomically (temporary file, fsync, rename) so the sidecar never reads half of it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from controller.services.deployments_query import deployment_refs
 from controller.store.models import Artifact, Manifest, Task
 
 __all__ = ["TASK_FILE", "latest_manifest", "task_file_content", "write_task_file"]
@@ -86,7 +89,16 @@ def task_file_content(
         "inputs": [_input(session, item) for item in inputs],
         "environment": dict(environment or {}),
     }
+    content["deployment"] = _deployment(session, task)
     return content
+
+
+def _deployment(session: Session, task: Task) -> dict[str, Any] | None:
+    """The deployment the task recorded at submission (the DAG version that runs it), or None."""
+    if not task.deployment_id:
+        return None
+    ref = deployment_refs(session, [(task.deployment_id, task.dag_id)]).get(task.deployment_id)
+    return ref.model_dump() if ref is not None else None
 
 
 def write_task_file(

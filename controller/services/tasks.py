@@ -3,9 +3,11 @@
 Submission is idempotent on the run identity ``(dag_id, run_id, task_id, try_number)``: the unique
 constraint on ``tasks`` decides, so concurrent duplicates also get one task. A submission is one
 transaction (pipeline run, task, lock request, ``submitted`` event, task token): nothing is
-half-recorded. All three service kinds are tasks (``docs/service-kinds.md``): a ``server`` task needs a
-``run`` and is queued without locks when the run's server is already live; ``external`` tasks take
-params only (no inputs, no code). The token is returned by ``submit`` only (a duplicate submission gets a fresh one).
+half-recorded. A task with a ``run`` records the newest deployment carrying its ``dag_id``
+(``controller.services.deployments``: the DAG version that ran it). All three service kinds are tasks
+(``docs/service-kinds.md``): a ``server`` task needs a ``run`` and is queued without locks when the
+run's server is already live; ``external`` tasks take params only (no inputs, no code). The token is
+returned by ``submit`` only (a duplicate submission gets a fresh one).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from controller.auth import issue_task_token
 from controller.catalog import Resources
 from controller.errors import InvalidInputError, RunNotFoundError, TaskNotFoundError, UnavailableError
 from controller.logs.base import LogIndex, LogQuery, LogRecord
+from controller.services.deployments_query import latest_deployment_for_dag
 from controller.services.dispatch import TERMINAL_STATES, Dispatcher
 from controller.services.refs import check_artifact_ref, resolve_artifact
 from controller.services.server_routing import is_live
@@ -277,6 +280,7 @@ class TaskService:
                     task.dag_id, task.run_id = body.run.dag_id, body.run.run_id
                     task.airflow_task_id, task.try_number = body.run.task_id, body.run.try_number
                     task.pipeline_run_id = self._pipeline_run(body.run)
+                    task.deployment_id = latest_deployment_for_dag(self.session, body.run.dag_id)
                 self.session.add(task)
                 self.session.flush()
                 locks = list(spec.get("locks") or [])

@@ -12,6 +12,7 @@ Groups:
 - execution: ``pipeline_runs``, ``tasks``, ``task_attempts``, ``jobs``, ``servers``, ``task_events``,
   ``locks``, ``lock_queue``, ``api_tokens``
 - provenance: ``artifacts``, ``manifests``, ``software_manifests``, ``lineage_edges``
+- configuration: ``deployments``, ``deployment_dags`` (docs/deployments.md)
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ __all__ = [
     "ApiToken",
     "Artifact",
     "Base",
+    "Deployment",
+    "DeploymentDag",
     "Job",
     "LineageEdge",
     "Lock",
@@ -203,6 +206,8 @@ class Task(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    deployment_id: Mapped[str | None] = mapped_column(ForeignKey("deployments.id"), index=True)
+    """The latest deployment whose DAGs held ``dag_id`` when the task was submitted (None: none known)."""
     outputs: Mapped[list[Any]] = mapped_column(default=list)
     """What the job produced: ``[{name, digest, size}]`` (recorded in the same transaction as the end)."""
     details: Mapped[dict[str, Any] | None]
@@ -402,3 +407,62 @@ class LineageEdge(Base):
     dst_id: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))  # consumed | produced | code | ...
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+class Deployment(Base):
+    """One deployment of a pipeline's definitions (DAGs, plugins, services.yaml) to an environment.
+
+    Immutable once written; ``sequence`` counts the deployments of one (pipeline, environment) from 1 and
+    ``previous_id`` links each to the one before it, as the signed manifest's cross-reference does.
+    ``request_key`` (SHA-256 of pipeline, environment, CI pipeline and job IDs, commit) makes
+    ``POST /deployments`` idempotent; ``request_digest`` tells an identical repeat from a conflicting one.
+    """
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        UniqueConstraint("pipeline", "environment", "sequence"),
+        UniqueConstraint("request_key"),
+        Index("ix_deployments_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    pipeline: Mapped[str] = mapped_column(String(250))
+    environment: Mapped[str] = mapped_column(String(250))
+    sequence: Mapped[int] = mapped_column(Integer)
+    commit: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(255))
+    files: Mapped[list[Any]] = mapped_column(default=list)
+    """``[{path, digest, size, role, dag_ids}]`` sorted by path."""
+    services: Mapped[list[Any]] = mapped_column(default=list)
+    ci: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    target: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dag_ids: Mapped[list[Any]] = mapped_column(default=list)
+    manifest_id: Mapped[str] = mapped_column(String(255), unique=True)
+    """The signed manifest's ID (in ``manifests``; not a foreign key: tasks -> deployments -> manifests ->
+    tasks would be a cycle, which SQLite cannot create)."""
+    manifest_hash: Mapped[str] = mapped_column(String(80))
+    """Hex SHA-256 of the manifest (as a cross-reference carries it)."""
+    log_index: Mapped[int | None] = mapped_column(BigInteger)
+    """The manifest's transparency-log entry (appended before this row was committed)."""
+    previous_id: Mapped[str | None] = mapped_column(ForeignKey("deployments.id"))
+    previous_manifest_id: Mapped[str | None] = mapped_column(String(255))
+    request_key: Mapped[str] = mapped_column(String(64))
+    request_digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeploymentDag(Base):
+    """A DAG a deployment carries (one row per dag_id): finds "the latest deployment of DAG X" by index."""
+
+    __tablename__ = "deployment_dags"
+    __table_args__ = (Index("ix_deployment_dags_dag_id_created_at", "dag_id", "created_at"),)
+
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    dag_id: Mapped[str] = mapped_column(String(250), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    digest: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """The deployment's ``created_at`` (copied: the newest deployment of a DAG is one index scan)."""

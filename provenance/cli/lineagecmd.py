@@ -23,7 +23,15 @@ if TYPE_CHECKING:
 
     from provenance.report import VerificationReport
 
-__all__ = ["ControllerClient", "lineage", "render_dot", "render_tree", "report_from_dict", "run_remote_verify"]
+__all__ = [
+    "ControllerClient",
+    "deployment_note",
+    "lineage",
+    "render_dot",
+    "render_tree",
+    "report_from_dict",
+    "run_remote_verify",
+]
 
 API: Final = "/api/v1"
 _DIGEST_PREFIXES: Final = ("sha256:", "sha384:", "sha512:")
@@ -91,8 +99,19 @@ def _label(node: dict[str, Any]) -> str:
         signed = f"signed {node['manifest']}" if node.get("manifest") else "UNSIGNED"
         return f"{node.get('name') or '?'} [{node.get('kind') or 'artifact'}] {node['id']} ({signed})"
     if kind == "task":
-        return f"task {node.get('name') or node['id']} ({node.get('kind')}, {node.get('state')}) {node['id']}"
+        text = f"task {node.get('name') or node['id']} ({node.get('kind')}, {node.get('state')}) {node['id']}"
+        return text + deployment_note(node)
     return f"{kind} {node['id']}"
+
+
+def deployment_note(node: dict[str, Any]) -> str:
+    """`` · DAG <dag_id> @ <commit[:12]> (deployment <id[:8]>)`` for a task that ran under a recorded
+    deployment (the DAG version that made it), else ``""``."""
+    dep = node.get("deployment")
+    if not isinstance(dep, dict) or not dep.get("id"):
+        return ""
+    dag = dep.get("dag_id") or node.get("dag_id") or "?"
+    return f" · DAG {dag} @ {str(dep.get('commit') or '?')[:12]} (deployment {str(dep['id'])[:8]})"
 
 
 def render_tree(graph: dict[str, Any]) -> str:
@@ -148,6 +167,9 @@ def render_dot(graph: dict[str, Any]) -> str:
     for n in graph["nodes"]:
         name = n.get("name") or n["id"]
         label = f"{name}\\n{n['id'][:23]}" if n.get("type") == "artifact" else str(name)
+        dep = n.get("deployment")
+        if n.get("type") == "task" and isinstance(dep, dict) and dep.get("commit"):
+            label += f"\\nDAG @ {str(dep['commit'])[:12]}"
         attrs = [f"label={_dot_id(label)}", f"shape={_SHAPES.get(n.get('type', ''), 'box')}"]
         if n["id"] == graph["root"]:
             attrs.append("style=bold")
@@ -182,7 +204,8 @@ def render_dot(graph: dict[str, Any]) -> str:
 )
 def lineage(target: str, server: str | None, direction: str, depth: int, fmt: str) -> None:
     """Print the lineage graph of an artifact (by digest, or by the ID of one of its manifests), as the
-    controller computes it: artifacts, the tasks that consumed and produced them, and code commits."""
+    controller computes it: artifacts, the tasks that consumed and produced them (with the deployed DAG
+    version that ran each, when recorded), and code commits."""
     from urllib.parse import quote
 
     client = ControllerClient(server)

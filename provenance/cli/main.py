@@ -153,6 +153,7 @@ def _register() -> None:
     from provenance.cli import (
         assets,
         attestation,
+        deploymentscmd,
         hashcmd,
         keys,
         lineagecmd,
@@ -173,6 +174,7 @@ def _register() -> None:
         hashcmd.hash_command,
         verifycmd.verify,
         lineagecmd.lineage,
+        deploymentscmd.deployments,
         logcmd.log_group,
         sidecarcmd.sidecar,
     ):

@@ -386,9 +386,7 @@ class Sidecar:
     ) -> list[dict[str, Any]]:
         task, code = self.task, self.task.code
         return [
-            custom_assertion(
-                "mlprov.task", {"task_id": task.task_id, "attempt": task.attempt, "service": task.service}
-            ),
+            custom_assertion("mlprov.task", task.task_assertion()),
             custom_assertion("mlprov.run", task.run.model_dump()),
             custom_assertion("mlprov.parameters", task.params),
             custom_assertion("mlprov.code", code.model_dump() if code is not None else None),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from provenance.errors import InvalidInputError
 
-__all__ = ["TASK_FILE", "CodeRef", "InputRef", "RunRef", "TaskInfo", "load_task_info", "task_file"]
+__all__ = ["TASK_FILE", "CodeRef", "DeploymentRef", "InputRef", "RunRef", "TaskInfo", "load_task_info", "task_file"]
 
 TASK_FILE = Path(".mlprov") / "task.json"
 
@@ -58,6 +58,21 @@ class InputRef(_Model):
         return value
 
 
+class DeploymentRef(_Model):
+    """The deployment (DAG version) the task ran under, as the controller recorded it at submission."""
+
+    id: str = Field(min_length=1)
+    pipeline: str | None = None
+    environment: str | None = None
+    sequence: int | None = None
+    commit: str | None = None
+    manifest_id: str | None = None
+    manifest_hash: str | None = None
+    dag_id: str | None = None
+    dag_file: str | None = None
+    dag_file_digest: str | None = None
+
+
 class TaskInfo(_Model):
     """task.json, validated. ``params`` is the task's parameters (``params.json`` when task.json has none)."""
 
@@ -69,6 +84,14 @@ class TaskInfo(_Model):
     code: CodeRef | None = None
     inputs: list[InputRef] = Field(default_factory=list)
     environment: dict[str, Any] = Field(default_factory=dict)
+    deployment: DeploymentRef | None = None
+
+    def task_assertion(self) -> dict[str, Any]:
+        """The ``mlprov.task`` assertion's data; ``deployment`` only when the task ran under a known one."""
+        data: dict[str, Any] = {"task_id": self.task_id, "attempt": self.attempt, "service": self.service}
+        if self.deployment is not None:
+            data["deployment"] = self.deployment.model_dump()
+        return data
 
     def linked_inputs(self) -> list[InputRef]:
         """Inputs with a manifest to cross-reference (an input without one is an unsigned ancestor)."""

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 12:00:02.439216
+Create Date: 2026-12-07 06:59:39.194740
 """
 
 from __future__ import annotations
@@ -35,6 +35,35 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('artifacts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_artifacts_name'), ['name'], unique=False)
+
+    op.create_table('deployments',
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('pipeline', sa.String(length=250), nullable=False),
+    sa.Column('environment', sa.String(length=250), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
+    sa.Column('commit', sa.String(length=64), nullable=False),
+    sa.Column('ref', sa.String(length=255), nullable=True),
+    sa.Column('files', sa.JSON(), nullable=False),
+    sa.Column('services', sa.JSON(), nullable=False),
+    sa.Column('ci', sa.JSON(), nullable=False),
+    sa.Column('target', sa.JSON(), nullable=False),
+    sa.Column('dag_ids', sa.JSON(), nullable=False),
+    sa.Column('manifest_id', sa.String(length=255), nullable=False),
+    sa.Column('manifest_hash', sa.String(length=80), nullable=False),
+    sa.Column('log_index', sa.BigInteger(), nullable=True),
+    sa.Column('previous_id', sa.String(length=36), nullable=True),
+    sa.Column('previous_manifest_id', sa.String(length=255), nullable=True),
+    sa.Column('request_key', sa.String(length=64), nullable=False),
+    sa.Column('request_digest', sa.String(length=64), nullable=False),
+    sa.Column('created_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['previous_id'], ['deployments.id'], name=op.f('fk_deployments_previous_id_deployments')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_deployments')),
+    sa.UniqueConstraint('manifest_id', name=op.f('uq_deployments_manifest_id')),
+    sa.UniqueConstraint('pipeline', 'environment', 'sequence', name=op.f('uq_deployments_pipeline_environment_sequence')),
+    sa.UniqueConstraint('request_key', name=op.f('uq_deployments_request_key'))
+    )
+    with op.batch_alter_table('deployments', schema=None) as batch_op:
+        batch_op.create_index('ix_deployments_created_at_id', ['created_at', 'id'], unique=False)
 
     op.create_table('lineage_edges',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -70,6 +99,18 @@ def upgrade() -> None:
     sa.Column('updated_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_services'))
     )
+    op.create_table('deployment_dags',
+    sa.Column('deployment_id', sa.String(length=36), nullable=False),
+    sa.Column('dag_id', sa.String(length=250), nullable=False),
+    sa.Column('path', sa.String(length=1024), nullable=False),
+    sa.Column('digest', sa.String(length=80), nullable=False),
+    sa.Column('created_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], name=op.f('fk_deployment_dags_deployment_id_deployments')),
+    sa.PrimaryKeyConstraint('deployment_id', 'dag_id', name=op.f('pk_deployment_dags'))
+    )
+    with op.batch_alter_table('deployment_dags', schema=None) as batch_op:
+        batch_op.create_index('ix_deployment_dags_dag_id_created_at', ['dag_id', 'created_at'], unique=False)
+
     op.create_table('tasks',
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('service', sa.String(length=63), nullable=False),
@@ -88,17 +129,20 @@ def upgrade() -> None:
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('mlflow_run_id', sa.String(length=64), nullable=True),
+    sa.Column('deployment_id', sa.String(length=36), nullable=True),
     sa.Column('outputs', sa.JSON(), nullable=False),
     sa.Column('details', sa.JSON(), nullable=True),
     sa.Column('cancel_requested_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('submitted_at', controller.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('started_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('finished_at', controller.store.models.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], name=op.f('fk_tasks_deployment_id_deployments')),
     sa.ForeignKeyConstraint(['pipeline_run_id'], ['pipeline_runs.id'], name=op.f('fk_tasks_pipeline_run_id_pipeline_runs')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tasks')),
     sa.UniqueConstraint('dag_id', 'run_id', 'airflow_task_id', 'try_number', name=op.f('uq_tasks_dag_id_run_id_airflow_task_id_try_number'))
     )
     with op.batch_alter_table('tasks', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_tasks_deployment_id'), ['deployment_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_tasks_pipeline_run_id'), ['pipeline_run_id'], unique=False)
         batch_op.create_index('ix_tasks_run_id', ['run_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_tasks_state'), ['state'], unique=False)
@@ -266,8 +310,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_tasks_state'))
         batch_op.drop_index('ix_tasks_run_id')
         batch_op.drop_index(batch_op.f('ix_tasks_pipeline_run_id'))
+        batch_op.drop_index(batch_op.f('ix_tasks_deployment_id'))
 
     op.drop_table('tasks')
+    with op.batch_alter_table('deployment_dags', schema=None) as batch_op:
+        batch_op.drop_index('ix_deployment_dags_dag_id_created_at')
+
+    op.drop_table('deployment_dags')
     op.drop_table('services')
     op.drop_table('pipeline_runs')
     with op.batch_alter_table('lineage_edges', schema=None) as batch_op:
@@ -275,6 +324,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_lineage_edges_dst')
 
     op.drop_table('lineage_edges')
+    with op.batch_alter_table('deployments', schema=None) as batch_op:
+        batch_op.drop_index('ix_deployments_created_at_id')
+
+    op.drop_table('deployments')
     with op.batch_alter_table('artifacts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_artifacts_name'))
 
