@@ -54,7 +54,7 @@ Exit codes:
 \b
 Environment: MLPROV_HOME (default ./.mlprov), MLPROV_TOKEN, MLPROV_STORAGE_TYPE,
 MLPROV_STORAGE_URL, MLPROV_HTTP_TIMEOUT, MLPROV_TLOG (off: no transparency log), MLPROV_TLOG_DIR,
-MLPROV_TLOG_VKEY, MLPROV_CONTROLLER_URL (`lineage`).
+MLPROV_TLOG_VKEY, MLPROV_CONTROLLER_URL (`lineage`, `deployments`).
 """
 
 
