@@ -360,7 +360,10 @@ class RunArtifact(BaseModel):
 
 class RunManifest(BaseModel):
     id: str
-    artifact_digest: str
+    artifact_digest: str | None
+    """None for a manifest of no stored artifact: a task's code (software) manifest."""
+    role: str
+    """``output`` | ``code`` | ``deployment`` | ... (``Manifest.role``)."""
     task_id: str | None
     title: str | None
     manifest_hash: str
@@ -439,6 +442,7 @@ def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
             select(
                 Manifest.id,
                 Manifest.artifact_digest,
+                Manifest.role,
                 Manifest.task_id,
                 Manifest.manifest,
                 Manifest.manifest_hash,
@@ -452,7 +456,8 @@ def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
     by_task: dict[str, list[str]] = {t.id: [] for t in tasks}
     manifests: list[RunManifest] = []
     for m in manifest_rows:
-        by_artifact.setdefault(m.artifact_digest, []).append(m.id)
+        if m.artifact_digest is not None:  # a code manifest belongs to its task, not to an artifact
+            by_artifact.setdefault(m.artifact_digest, []).append(m.id)
         if m.task_id in by_task:
             by_task[m.task_id].append(m.id)
         title = m.manifest.get("title") if isinstance(m.manifest, dict) else None
@@ -460,6 +465,7 @@ def run_provenance(session: Session, dag_id: str, run_id: str) -> RunProvenance:
             RunManifest(
                 id=m.id,
                 artifact_digest=m.artifact_digest,
+                role=m.role,
                 task_id=m.task_id,
                 title=title if isinstance(title, str) else None,
                 manifest_hash=m.manifest_hash,

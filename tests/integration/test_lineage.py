@@ -41,6 +41,7 @@ def d(name: str) -> str:
 RAW, CLEAN, OTHER, MODEL, REPORT = d("raw"), d("clean"), d("other"), d("model"), d("report")
 C1, C2 = "/repo@" + "1" * 40, "/repo@" + "2" * 40
 MANIFEST_ID = "urn:c2pa:00000000-0000-4000-8000-00000000000m"
+CODE_MANIFEST_ID = "urn:c2pa:00000000-0000-4000-8000-00000000000c"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -108,6 +109,17 @@ def _populate(engine: Engine) -> None:
                 manifest={"title": "model"},
                 manifest_hash="0" * 64,
                 log_index=3,
+            )
+        )
+        s.add(  # t2's code (software) manifest: a manifest of no stored artifact
+            Manifest(
+                id=CODE_MANIFEST_ID,
+                artifact_digest=None,
+                role="code",
+                task_id="t2",
+                manifest={"title": "finetune code"},
+                manifest_hash="1" * 64,
+                log_index=4,
             )
         )
         s.add_all(
@@ -230,12 +242,15 @@ def test_run_provenance(session: Session) -> None:
     assert t1.code_refs == [C1]
     assert sorted(t2.consumed) == sorted([CLEAN, OTHER])
     assert t2.produced == [MODEL]
-    assert t2.manifests == [MANIFEST_ID]
+    assert t2.manifests == [MANIFEST_ID, CODE_MANIFEST_ID]
     assert prov.consumed == sorted([RAW, OTHER])  # clean was made inside the run: not an input
     assert prov.produced == sorted([CLEAN, MODEL])
     assert prov.code == sorted([C1, C2])
     assert {a.digest: a.name for a in prov.artifacts}[OTHER] == "labels.csv"
-    assert [m.id for m in prov.manifests] == [MANIFEST_ID]
+    assert [(m.id, m.role, m.artifact_digest) for m in prov.manifests] == [
+        (MANIFEST_ID, "output", MODEL),
+        (CODE_MANIFEST_ID, "code", None),
+    ]
     assert {a.digest: a.manifests for a in prov.artifacts}[MODEL] == [MANIFEST_ID]
     other_run = run_provenance(session, "lifecycle", "manual__2")  # no PipelineRun row, tasks only
     assert other_run.state is None
