@@ -138,6 +138,48 @@ class Settings(BaseSettings):
     """Accept token-less ``GET /manifests[/{id}]`` on the Atlas storage API."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- Kubernetes runtime (MLPROV_RUNTIME=kubernetes; docs/adr/0004-kubernetes-job-lifecycle.md) ---
+    kubernetes_namespace: str = Field(default="mlprov", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    """Where jobs, their per-attempt Secrets and run servers are created."""
+    kubernetes_in_cluster: bool | None = None
+    """Load the pod's in-cluster config; unset: in-cluster when ``KUBERNETES_SERVICE_HOST`` is set."""
+    kubernetes_kubeconfig: Path | None = None
+    """Out of cluster: this kubeconfig (unset: ``$KUBECONFIG`` or ``~/.kube/config``)."""
+    kubernetes_context: str | None = None
+    kubernetes_service_account: str = "mlprov-job"
+    """The jobs' service account (a service may name its own); its projected token is the sidecar's credential."""
+    kubernetes_sidecar_image: str | None = None
+    """The mlprov image the sidecar runs (``mlprov sidecar``); required with the kubernetes runtime."""
+    kubernetes_init_image: str | None = None
+    """The image of the init step that fetches and checks inputs; unset: the sidecar image."""
+    kubernetes_token_audience: str = "mlprov-controller"  # noqa: S105 - an audience, not a secret
+    """Audience of the sidecar's projected service-account token, checked by the TokenReview."""
+    kubernetes_token_expiration: int = Field(default=3600, ge=600)
+    """Seconds; the kubelet rotates the projected token before it expires."""
+    kubernetes_sidecar_credential: Literal["service-account", "task-token"] = "service-account"
+    """``service-account``: the sidecar reads its projected token from ``MLPROV_TASK_TOKEN_FILE`` and the
+    controller checks it through the TokenReview API; ``task-token``: the per-task ``mlpt_`` token, in the
+    attempt's Secret (for sidecars that read only ``MLPROV_TASK_TOKEN``)."""
+    kubernetes_signing_secret: str = "mlprov-signing-identity"  # noqa: S105 - a Secret object name
+    """The Secret holding the signing identity (``mlprov keys init`` output), mounted as the sidecar's
+    ``MLPROV_HOME`` (read-only)."""
+    kubernetes_sidecar_command: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["mlprov", "sidecar"])
+    """The sidecar's argv inside ``kubernetes_sidecar_image``."""
+    kubernetes_request_timeout: float = Field(default=10.0, gt=0)
+    """Seconds, every Kubernetes API call (``_request_timeout``); watches add their own server timeout."""
+    kubernetes_watch_timeout: int = Field(default=300, ge=10)
+    """A watch ends after this many seconds and the runtime re-lists (the periodic resync)."""
+    kubernetes_ttl_after_collection: int = Field(default=600, ge=0)
+    """``ttlSecondsAfterFinished`` patched onto a Job once its logs and sidecar output are collected."""
+    kubernetes_timeout_default: int = Field(default=86_400, ge=60)
+    """``activeDeadlineSeconds`` of a job whose service and task give no timeout."""
+    kubernetes_image_pull_secrets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Secrets every job pod pulls with (a service adds its own); also read by the digest resolver."""
+    kubernetes_registry_insecure: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Registries the digest resolver reaches over plain HTTP (e.g. a local ``127.0.0.1:5000``)."""
+    kubernetes_resolve_digests: bool = True
+    """Resolve every job image tag to a digest before launch (refuse the launch when it cannot)."""
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -160,7 +202,12 @@ class Settings(BaseSettings):
             raise ValueError("a read token is empty or a placeholder: use a random value (openssl rand -hex 32)")
         return value
 
-    @field_validator("sidecar_command", mode="before")
+    @field_validator("kubernetes_image_pull_secrets", "kubernetes_registry_insecure", mode="before")
+    @classmethod
+    def _parse_kubernetes_lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("sidecar_command", "kubernetes_sidecar_command", mode="before")
     @classmethod
     def _parse_sidecar(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -18,6 +18,6 @@ def build_runtime(settings: Settings) -> Runtime:
         from controller.runtime.local import LocalRuntime
 
         return LocalRuntime(standby_sidecar=settings.effective_sidecar_command)
-    from controller.errors import ControllerError
+    from controller.runtime.k8s_client import build_kubernetes_runtime
 
-    raise ControllerError(f"MLPROV_RUNTIME={settings.runtime!r} is not available yet; use MLPROV_RUNTIME=local")
+    return build_kubernetes_runtime(settings)

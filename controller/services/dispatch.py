@@ -39,6 +39,7 @@ from controller.catalog import ServiceSpec
 from controller.errors import ControllerError, JobLaunchError
 from controller.logging import get_logger
 from controller.logs.base import LogBus, LogRecord
+from controller.runtime import k8s_staging
 from controller.runtime.base import JobHandle, JobSpec, JobState, JobStatus, OutputLine, Runtime
 from controller.services import outputs as outputs_mod
 from controller.services.external import ExternalCaller
@@ -360,7 +361,15 @@ class Dispatcher:
             raise _LaunchAborted(TaskState.FAILED, str(exc)) from exc
         workspace = self._work_dir / active.task_id
         outputs_mod.prepare_workspace(workspace, params)
-        for item in resolved:
+        kube = self._runtime_name == "kubernetes"  # the pod's init step fetches inputs; images are pinned
+        image, k8s_inputs = None, []
+        if kube:
+            try:
+                image = k8s_staging.resolve_image(self._runtime, service.image)
+                k8s_inputs = k8s_staging.input_entries(self._store, self._controller_url, resolved)
+            except (ControllerError, ProvenanceError) as exc:
+                raise _LaunchAborted(TaskState.FAILED, str(exc)) from exc
+        for item in [] if kube else resolved:
             try:
                 self._store.get(item.digest, workspace / "inputs" / item.name)
             except (ControllerError, ProvenanceError) as exc:
@@ -375,7 +384,7 @@ class Dispatcher:
         if token is None:
             raise _LaunchAborted(TaskState.CANCELLED, "cancelled before the job started")
         self.publish(pending)
-        with self._sf() as session:  # what the sidecar links to (docs/sidecar-protocol.md section 1)
+        with session_scope(self._sf) as session:  # what the sidecar links to (docs/sidecar-protocol.md section 1)
             launched = self._live_task(session, active)
             write_task_file(
                 workspace,
@@ -384,7 +393,10 @@ class Dispatcher:
                 code=code,
                 session=session,
                 attempt=active.attempt,
+                environment=k8s_staging.task_environment(image),
             )
+            recorded = k8s_staging.record_image(session, launched, active.attempt, image) if image else []
+        self.publish(recorded)
         env = dict(service.env)
         if self._sidecar:
             env.update(self._sidecar_env)  # the launcher hands these to the sidecar only
@@ -397,7 +409,7 @@ class Dispatcher:
         env.update(env_for_run(self._sf, active.ident.get("dag_id"), active.ident.get("run_id")))
         if grant.gpu_indices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in grant.gpu_indices)
-        return JobSpec(
+        spec = JobSpec(
             task_id=active.task_id,
             attempt=active.attempt,
             workspace=workspace,
@@ -409,6 +421,7 @@ class Dispatcher:
             sidecar_command=self._sidecar,
             resources=service.resources.model_dump(exclude_none=True),
         )
+        return k8s_staging.kubernetes_spec(spec, service, image, k8s_inputs) if kube else spec
 
     def _live_task(self, session: Session, active: _Active) -> Task:
         task = session.get(Task, active.task_id)

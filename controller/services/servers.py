@@ -31,6 +31,7 @@ from controller.catalog import ServiceSpec
 from controller.errors import ControllerError, JobLaunchError, UnavailableError
 from controller.logging import get_logger
 from controller.logs.base import LogRecord
+from controller.runtime import k8s_staging
 from controller.runtime.base import JobHandle, JobSpec, JobState, OutputLine, OutputSink, Runtime
 from controller.services import outputs as outputs_mod
 from controller.services.locks import LockService
@@ -246,8 +247,8 @@ class ServerManager:
         url = f"http://{_LOCAL_HOST}:{port}"
         workspace = self._work_dir / task_id
         outputs_mod.prepare_workspace(workspace, params)
-        for item in resolved:
-            self._store.get(item.digest, workspace / "inputs" / item.name)
+        for item in [] if callable(getattr(self._runtime, "server_url", None)) else resolved:
+            self._store.get(item.digest, workspace / "inputs" / item.name)  # on kubernetes the pod fetches them
         with session_scope(self._sf) as session:
             row = session.get(Server, server_id) if server_id is not None else None
             if row is None:
@@ -277,15 +278,22 @@ class ServerManager:
             labels={"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "attempt": str(attempt), "kind": "server"},
             resources=spec.resources.model_dump(exclude_none=True),
         )  # fmt: skip
+        cluster_url = getattr(self._runtime, "server_url", None)  # kubernetes: a Deployment + Service
         try:
+            if callable(cluster_url):
+                image = k8s_staging.resolve_image(self._runtime, spec.image)
+                inputs = k8s_staging.input_entries(self._store, self._controller_url, resolved)
+                job = k8s_staging.kubernetes_spec(job, spec, image, inputs)
             handle = self._runtime.launch(job, self._sink(task_id, attempt, dag_id, run_id, spec.name))
-        except JobLaunchError as exc:
+        except (JobLaunchError, ControllerError) as exc:
             self._mark(server_id, ServerState.FAILED, str(exc), release=False)
             return server_id, None, url
+        if callable(cluster_url):
+            url = str(cluster_url(handle) or url)
         with session_scope(self._sf) as session:
             started = session.get(Server, server_id)
             if started is not None:
-                started.ref = handle.ref
+                started.ref, started.url = handle.ref, url
         with self._lock:
             self._handles[server_id] = handle
         return server_id, handle, url

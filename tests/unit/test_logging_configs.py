@@ -15,13 +15,22 @@ import yaml
 
 from controller.logs.base import LogRecord
 from controller.logs.es_index import MAPPINGS
+from controller.runtime import k8s_objects
 from controller.settings import Settings
 
 INFRA = Path(__file__).resolve().parents[2] / "infra" / "logging"
 FLUENT_BIT = INFRA / "fluent-bit.yaml"
 LOGSTASH = INFRA / "logstash-mlprov.conf"
 RECORD_FIELDS = {f.name for f in dataclasses.fields(LogRecord)}
-LABELS = {"mlprov.io/component", "mlprov.io/task-id", "mlprov.io/attempt", "mlprov.io/run-id", "mlprov.io/dag-id"}
+# What the KubernetesRuntime puts on its pods (labels and annotations), plus the chart's own component label.
+RUNTIME_META = {
+    k8s_objects.LABEL_TASK,
+    k8s_objects.LABEL_ATTEMPT,
+    k8s_objects.LABEL_KIND,
+    k8s_objects.ANNOTATION_RUN_ID,
+    k8s_objects.ANNOTATION_DAG_ID,
+}
+LABELS = {"mlprov.io/component"} | RUNTIME_META
 
 
 def _default(name: str) -> Any:
@@ -96,7 +105,9 @@ def test_lua_sets_only_log_record_fields_with_the_documented_labels() -> None:
     assert top_level - {"kafka_key"} <= RECORD_FIELDS
     assert {"message", "component", "level", "run_id", "task_id", "attempt", "fields"} <= top_level
     used = {f"mlprov.io/{name}" for name in re.findall(r'meta\(k8s, "([\w-]+)"\)', script)}
-    assert used == LABELS
+    assert used == LABELS  # every key the runtime sets is read, and nothing else
+    assert f'container == "{k8s_objects.SIDECAR_CONTAINER}"' in script
+    assert f'container == "{k8s_objects.INIT_CONTAINER}"' in script
     assert 'PREFIX = "mlprov.io/"' in script
     header = FLUENT_BIT.read_text().split("apiVersion", 1)[0]
     assert all(label in header for label in LABELS)  # documented where the manifests are
