@@ -85,6 +85,11 @@ ASSET_TYPES: frozenset[str] = frozenset(
     }
 )
 
+#: A timestamp exactly as :func:`normalise_timestamp` re-emits it (fraction without trailing zeros, UTC
+#: as ``Z``): returned as is, without taking it apart.
+_CANONICAL_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{0,8}[1-9])?(?:Z|(?![+-]00:00)[+-]\d{2}:\d{2})"
+)
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
@@ -141,6 +146,8 @@ def _list(v: Any, path: str, key: str = "") -> list[Any]:
 
 def normalise_timestamp(value: Any, path: str = "timestamp", key: str = "") -> str:
     """Re-emit an RFC 3339 timestamp as Atlas does (``Z`` for UTC, trailing fraction zeros trimmed)."""
+    if type(value) is str and _CANONICAL_TIMESTAMP.fullmatch(value):
+        return value
     m = _TIMESTAMP.match(_str(value, path, key))
     if m is None:
         raise _fail(path, f"{value!r} is not an RFC 3339 timestamp", key)
@@ -152,18 +159,25 @@ def normalise_timestamp(value: Any, path: str = "timestamp", key: str = "") -> s
 
 def _value(v: Any, path: str, key: str = "") -> Any:
     """A ``serde_json::Value``: objects key-sorted, numbers checked."""
+    # Leaves (strings, null, booleans: nearly every value) are taken inline, without a recursive call.
     t = type(v)
     if t is str or v is None or t is bool:
         return v
     if t is dict:
         out = {}
-        for k in sorted(v):
+        try:
+            keys = sorted(v)
+        except TypeError:  # keys of mixed types cannot even be ordered
+            raise _fail(path, "object keys must be strings", key) from None
+        for k in keys:
             if type(k) is not str:
                 raise _fail(path, "object keys must be strings", key)
-            out[k] = _value(v[k], path, key)
+            x = v[k]
+            tx = type(x)
+            out[k] = x if tx is str or x is None or tx is bool else _value(x, path, key)
         return out
     if t is list:
-        return [_value(x, path, key) for x in v]
+        return [x if type(x) is str or x is None or type(x) is bool else _value(x, path, key) for x in v]
     if t is int:
         if not _INT_MIN <= v <= _INT_MAX:
             raise _fail(path, f"integer {v} outside the 64-bit range", key)
@@ -193,7 +207,7 @@ def _ingredient(v: Any, path: str) -> dict[str, Any]:
     data = _dict(d.get("data"), path, "data")
     types = _list(data.get("data_types"), path, "data.data_types")
     for t in types:
-        if t not in ASSET_TYPES:
+        if not isinstance(t, str) or t not in ASSET_TYPES:  # (an unhashable entry must not raise TypeError)
             raise _fail(path + ".data.data_types", f"unknown asset type {t!r}")
     return {
         "title": _str(d.get("title"), path, "title"),
@@ -263,6 +277,11 @@ def _a_metadata(d: dict[str, Any], path: str) -> dict[str, Any]:
 def _a_creative_work(d: dict[str, Any], path: str) -> dict[str, Any]:
     authors = []
     for i, a in enumerate(_list(d.get("author"), path, "author")):
+        if type(a) is dict:
+            kind, name = a.get("@type"), a.get("name")
+            if type(kind) is str and type(name) is str:  # the usual case, without building error paths
+                authors.append({"@type": kind, "name": name})
+                continue
         ad = _dict(a, f"{path}.author[{i}]")
         authors.append(
             {"@type": _str(ad.get("@type"), f"{path}.author[{i}].@type"), "name": _str(ad.get("name"), path)}
@@ -306,7 +325,8 @@ def _assertion(v: Any, path: str) -> dict[str, Any]:
     fn = _ASSERTIONS.get(tag)
     if fn is None:
         raise _fail(path, f"unknown assertion type {tag!r}")
-    return {tag: fn(_dict(body, f"{path}.{tag}"), f"{path}.{tag}")}
+    where = f"{path}.{tag}"
+    return {tag: fn(_dict(body, where), where)}
 
 
 def canonical_claim(v: Any, path: str = "claim") -> dict[str, Any]:
@@ -438,7 +458,24 @@ def ryu_format(x: float) -> str:
     return sign + out
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# check_circular off: canonical forms are trees built by this module (a cycle cannot reach here:
+# the builders would recurse without end first), and the C encoder skips a dict operation per container.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False)
+_MANIFEST_KEYS = (
+    "claim_generator",
+    "title",
+    "instance_id",
+    "ingredients",
+    "claim",
+    "created_at",
+    "cross_references",
+    "c2pa.claim.v2",
+    "is_active",
+)
+_MANIFEST_STRINGS = ("claim_generator", "title", "instance_id", "created_at")
+#: The string encoder ``_JSON`` itself uses (``ensure_ascii=False``), in C when available.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+_STR_ONLY: frozenset[type] = frozenset({str})
 
 
 def compact_json(canonical: Any) -> str:
@@ -452,14 +489,39 @@ def compact_json(canonical: Any) -> str:
 def manifest_json(canonical: dict[str, Any]) -> str:
     """:func:`compact_json` of a canonical manifest, encoding the claim once when its copy is the same."""
     claim = canonical.get("claim")
-    if claim is None or canonical.get("c2pa.claim.v2") is not claim:
+    if claim is None or canonical.get("c2pa.claim.v2") is not claim or tuple(canonical) != _MANIFEST_KEYS:
         return compact_json(canonical)
-    nonce = secrets.token_hex(8)
-    shell = dict(canonical)
-    shell["claim"] = shell["c2pa.claim.v2"] = f"\x00{nonce}\x00"
-    quoted = f'"\\u0000{nonce}\\u0000"'
-    top, claim_json = compact_json(shell), compact_json(claim)
-    return top.replace(quoted, claim_json, 2)
+    strings = [canonical[k] for k in _MANIFEST_STRINGS]
+    is_active = canonical["is_active"]
+    if not (_STR_ONLY.issuperset(map(type, strings)) and type(is_active) is bool):
+        return compact_json(canonical)
+    # The key order is fixed, so the text is assembled around the claim's JSON (encoded once, used
+    # twice); strings go through the encoder's own string function, so every byte is the same.
+    generator, title, instance_id, created_at = map(_json_string, strings)
+    claim_json = compact_json(claim)
+    return "".join(
+        (
+            '{"claim_generator":',
+            generator,
+            ',"title":',
+            title,
+            ',"instance_id":',
+            instance_id,
+            ',"ingredients":',
+            compact_json(canonical["ingredients"]),
+            ',"claim":',
+            claim_json,
+            ',"created_at":',
+            created_at,
+            ',"cross_references":',
+            compact_json(canonical["cross_references"]),
+            ',"c2pa.claim.v2":',
+            claim_json,
+            ',"is_active":',
+            "true" if is_active else "false",
+            "}",
+        )
+    )
 
 
 def _compact_json_with_floats(canonical: Any) -> str:

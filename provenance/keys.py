@@ -66,6 +66,16 @@ def _hash(name: str) -> hashes.HashAlgorithm:
         raise KeyMaterialError(f"unsupported hash algorithm {name!r}; use sha256, sha384 or sha512") from None
 
 
+#: ``ECDSA(hash)`` objects are immutable parameter holders: made once per hash, not per signature
+#: (a chain verification checks one signature per manifest).
+_ECDSA: dict[str, ec.ECDSA] = {name: ec.ECDSA(alg()) for name, alg in _HASHES.items()}
+
+
+def _ecdsa(name: str) -> ec.ECDSA:
+    found = _ECDSA.get(name)
+    return found if found is not None else ec.ECDSA(_hash(name))  # _hash raises for an unknown name
+
+
 def key_id(public_key: PublicKey) -> str:
     """SHA-256 (hex) of the DER SubjectPublicKeyInfo: the key ID mlprov records and trusts by."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -120,7 +130,7 @@ def verify_bytes(public_key: PublicKey, signature: bytes, data: bytes, hash_name
     """Verify a signature made by :meth:`SigningIdentity.sign`; raise :class:`SignatureError`."""
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(_hash(hash_name)))
+            public_key.verify(signature, data, _ecdsa(hash_name))
         elif isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), _hash(hash_name))
         else:  # pragma: no cover - guarded by the PublicKey type

@@ -119,6 +119,7 @@ class SignatureVerifier:
 
     trust: TrustStore
     _resolved: dict[tuple[str, tuple[str, ...]], tuple[PublicKey, str | None]] = field(default_factory=dict)
+    _infos: dict[tuple[str, tuple[str, ...], str], SignerInfo] = field(default_factory=dict)
 
     def _resolve(self, key_id: str, chain_pem: tuple[str, ...]) -> tuple[PublicKey, str | None]:
         cache_key = (key_id, chain_pem)
@@ -166,7 +167,8 @@ class SignatureVerifier:
             raise SignatureError(f"{SIGNER_LABEL} assertion lacks key_id, hash_alg or chain")
         if not all(isinstance(p, str) for p in chain_pem):
             raise SignatureError(f"{SIGNER_LABEL} chain must be a list of PEM strings")
-        public_key, subject = self._resolve(key_id, tuple(chain_pem))
+        chain = tuple(chain_pem)
+        public_key, subject = self._resolve(key_id, chain)
         try:
             signature = base64.b64decode(signature_b64, validate=True)
         except (binascii.Error, ValueError):
@@ -175,12 +177,14 @@ class SignatureVerifier:
         unsigned["signature"] = None
         verify_bytes(public_key, signature, cbor_bytes(unsigned), hash_alg)
         self._check_binding(canonical, [c["data"] for c in customs if c["label"] == BINDING_LABEL])
-        return SignerInfo(
-            key_id=key_id,
-            algorithm=str(signer.get("algorithm", "")),
-            subject=subject,
-            chain_pem="".join(chain_pem).encode(),
-        )
+        algorithm = str(signer.get("algorithm", ""))
+        info_key = (key_id, chain, algorithm)
+        info = self._infos.get(info_key)  # immutable, so one per signer (keyed by its whole content)
+        if info is None:
+            info = self._infos[info_key] = SignerInfo(
+                key_id=key_id, algorithm=algorithm, subject=subject, chain_pem="".join(chain_pem).encode()
+            )
+        return info
 
     @staticmethod
     def _check_binding(canonical: dict[str, Any], bindings: list[Any]) -> None:

@@ -52,6 +52,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _ALG_BY_HEX_LENGTH = {64: "sha256", 96: "sha384", 128: "sha512"}
+_HASHERS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 AssetResolver = Callable[[dict[str, Any]], Path | None]
 
 
@@ -99,8 +100,13 @@ class _ChainVerifier:
         self.rehash = rehash
         self.resolver = asset_resolver
         self.extra_checks = extra_checks
+        # Per-walk memos. A walk fetches each ID once (``fetched``), so within it an ID names one
+        # content; nothing outlives the walk. Canonical forms are kept only from the link check that
+        # first reaches a manifest until that manifest's own check (then dropped: fewer live objects,
+        # less garbage-collector work); link hashes are kept per (ID, algorithm) for later links to it.
         self.fetched: dict[str, StoredManifest | None] = {}
         self.canonical: dict[str, dict[str, Any] | None] = {}
+        self.link_hashes: dict[tuple[str, str], str | None] = {}
 
     # --- fetching and caching -----------------------------------------------------------------
 
@@ -112,13 +118,28 @@ class _ChainVerifier:
                 self.fetched[manifest_id] = None
         return self.fetched[manifest_id]
 
-    def canonical_of(self, stored: StoredManifest) -> dict[str, Any] | None:
-        if stored.id not in self.canonical:
-            try:
-                self.canonical[stored.id] = canonical_manifest(stored.manifest)
-            except InvalidInputError:
-                self.canonical[stored.id] = None
-        return self.canonical[stored.id]
+    def canonical_of(self, stored: StoredManifest, *, keep: bool = True) -> dict[str, Any] | None:
+        """The canonical form of a fetched manifest (``None`` if it is not an Atlas manifest);
+        ``keep=False`` takes it out of the memo (the node's own check is its last use)."""
+        if stored.id in self.canonical:
+            return self.canonical[stored.id] if keep else self.canonical.pop(stored.id)
+        try:
+            canonical: dict[str, Any] | None = canonical_manifest(stored.manifest)
+        except InvalidInputError:
+            canonical = None
+        if keep:
+            self.canonical[stored.id] = canonical
+        return canonical
+
+    def link_hash(self, target: StoredManifest, alg: str) -> str | None:
+        """Atlas's manifest hash of ``target`` with ``alg``; ``None`` if it is not an Atlas manifest."""
+        key = (target.id, alg)
+        if key not in self.link_hashes:
+            canonical = self.canonical_of(target)
+            self.link_hashes[key] = (
+                None if canonical is None else _HASHERS[alg](manifest_json(canonical).encode()).hexdigest()
+            )
+        return self.link_hashes[key]
 
     # --- per-node checks ----------------------------------------------------------------------
 
@@ -126,7 +147,7 @@ class _ChainVerifier:
         manifest = stored.manifest
         title = manifest.get("title") if isinstance(manifest.get("title"), str) else ""
         result = NodeResult(id=stored.id, title=str(title), kind=manifest_type(manifest), depth=depth, ok=True)
-        canonical = self.canonical_of(stored)
+        canonical = self.canonical_of(stored, keep=False)
         if canonical is None:
             try:
                 canonical_manifest(manifest)
@@ -213,13 +234,12 @@ class _ChainVerifier:
             node.result.add(Check(name, False, f"linked manifest {target_id} not found"))
             return None
         if alg is not None:
-            canonical = self.canonical_of(target)
-            if canonical is None:
+            actual = self.link_hash(target, alg)
+            if actual is None:
                 node.result.add(
                     Check(name, False, "linked manifest is not an Atlas manifest; its hash cannot be computed")
                 )
             else:
-                actual = hashlib.new(alg, manifest_json(canonical).encode()).hexdigest()
                 if hmac.compare_digest(actual, expected):
                     node.result.add(Check(name, True, f"{alg} manifest hash matches"))
                 else:
