@@ -25,6 +25,8 @@ __all__ = ["TERMINAL_STATES", "ControllerHook", "LogCursor"]
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "lost"})
 """Controller task states after which nothing changes."""
+MAX_WAIT = 60.0
+"""The longest long poll the controller accepts (``GET /api/v1/tasks/{id}?wait=``)."""
 
 _MAX_BACKOFF = 10.0
 # Errors where the request surely never reached the controller: safe to resend even a POST.
@@ -196,14 +198,38 @@ class ControllerHook(BaseHook):
         )
         return answer
 
-    def get_task(self, task_id: str) -> dict[str, Any]:
-        """The task's JSON: state, exit_code, reason, outputs, mlflow_run_id, timings."""
-        task: dict[str, Any] = self._request("GET", f"/api/v1/tasks/{path_part(task_id)}", f"read task {task_id}")
+    def _wait_query(self, endpoint: ControllerEndpoint, wait: float | None, state: str | None) -> dict[str, Any]:
+        """The query and time-out of a long poll (``wait`` seconds on top of the usual time-out), or none."""
+        if not wait or wait <= 0:
+            return {}
+        params: dict[str, Any] = {"wait": min(wait, MAX_WAIT)}
+        if state:
+            params["state"] = state
+        base = self._httpx_timeout(endpoint)
+        timeout = httpx.Timeout(float(base.read or 0) + params["wait"], connect=base.connect)
+        return {"params": params, "timeout": timeout}
+
+    def get_task(self, task_id: str, *, wait: float | None = None, state: str | None = None) -> dict[str, Any]:
+        """The task's JSON: state, exit_code, reason, outputs, mlflow_run_id, timings.
+
+        ``wait``: a long poll (the controller answers as soon as the state is no longer ``state``, default
+        its state now, or is terminal; at the latest after ``wait`` s, at most 60). A controller without
+        long polls answers at once: callers must still pace their loop."""
+        task: dict[str, Any] = self._request(
+            "GET",
+            f"/api/v1/tasks/{path_part(task_id)}",
+            f"read task {task_id}",
+            **self._wait_query(self.endpoint, wait, state),
+        )
         return task
 
-    async def aget_task(self, task_id: str) -> dict[str, Any]:
+    async def aget_task(self, task_id: str, *, wait: float | None = None, state: str | None = None) -> dict[str, Any]:
+        """:meth:`get_task` for async callers (the triggerer)."""
         task: dict[str, Any] = await self._arequest(
-            "GET", f"/api/v1/tasks/{path_part(task_id)}", f"read task {task_id}"
+            "GET",
+            f"/api/v1/tasks/{path_part(task_id)}",
+            f"read task {task_id}",
+            **self._wait_query(await self.aendpoint(), wait, state),
         )
         return task
 

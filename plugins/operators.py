@@ -2,7 +2,8 @@
 
 It submits the task with the Airflow run identity (dag_id, run_id, task_id, try_number: a re-submission
 of the same try returns the same controller task), waits for it (deferrable: in the triggerer, no
-worker slot held; otherwise by polling, which is what ``airflow dags test`` / ``dag.test()`` use),
+worker slot held; otherwise by long polls, ``long_poll`` s each, answered at every state change (``0``:
+plain polls every ``poll_interval``), which is what ``airflow dags test`` / ``dag.test()`` use),
 copies the task's log lines into the Airflow task log, and then either pushes the produced outputs
 to XCom (return value and key ``outputs``: ``[{name, digest, size, kind, manifest_id}]``, plus
 ``digests``, ``manifest_ids`` and ``by_name`` = ``{name: digest}``) or fails with the controller's
@@ -50,6 +51,7 @@ __all__ = ["ControllerTaskOperator", "input_refs"]
 
 _END_EVENTS = frozenset({"finished", "failed", "cancelled", "lost"})
 _QUIET_FIELDS = frozenset({"outputs", "released", "attempt"})
+_DRAIN_POLL = 0.05  # seconds between log reads while the task's end event is on its way (one index hop)
 _MLFLOW_WAIT = 10.0  # seconds the controller may take to open a task's MLflow run (first use: MLflow start-up)
 
 
@@ -149,6 +151,7 @@ class ControllerTaskOperator(BaseOperator):
         poll_interval: float = 5.0,
         log_settle: float = 5.0,
         unreachable_timeout: float = 600.0,
+        long_poll: float = 5.0,
         **kwargs: Any,
     ) -> None:
         service_params, airflow_params = _split_params(params, kwargs.get("dag"))
@@ -165,6 +168,7 @@ class ControllerTaskOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.log_settle = log_settle
         self.unreachable_timeout = unreachable_timeout
+        self.long_poll = long_poll
         self._controller_task_id: str | None = None
         self._log_ended = False
 
@@ -215,6 +219,7 @@ class ControllerTaskOperator(BaseOperator):
                     conn_id=self.conn_id,
                     poll_interval=self.poll_interval,
                     unreachable_timeout=self.unreachable_timeout,
+                    long_poll=self.long_poll,
                 ),
                 method_name="execute_complete",
                 kwargs={"controller_task_id": task_id},
@@ -239,10 +244,15 @@ class ControllerTaskOperator(BaseOperator):
     # -- wait -------------------------------------------------------------------------------------
 
     def _poll(self, hook: ControllerHook, task_id: str, cursor: LogCursor) -> dict[str, Any]:
+        """Until the task is terminal: long polls (answered at each state change, so the end is seen at
+        once, not up to a ``poll_interval`` later), copying new log lines after each answer. A controller
+        without long polls answers at once: then this polls every ``poll_interval``."""
         last_answer = time.monotonic()
+        seen: str | None = None
         while True:
+            asked = time.monotonic()
             try:
-                task = hook.get_task(task_id)
+                task = hook.get_task(task_id, wait=self.long_poll, state=seen)
             except ControllerUnreachable as exc:
                 if time.monotonic() - last_answer >= self.unreachable_timeout:
                     raise
@@ -250,8 +260,12 @@ class ControllerTaskOperator(BaseOperator):
             else:
                 last_answer = time.monotonic()
                 self._stream(hook, task_id, cursor)
-                if task.get("state") in TERMINAL_STATES:
+                state = task.get("state")
+                if state in TERMINAL_STATES:
                     return task
+                changed, seen = state != seen, state
+                if self.long_poll > 0 and (changed or last_answer - asked >= min(self.long_poll, self.poll_interval)):
+                    continue  # a long poll answered: ask again at once
             time.sleep(self.poll_interval)
 
     def _stream(self, hook: ControllerHook, task_id: str, cursor: LogCursor) -> None:
@@ -270,7 +284,7 @@ class ControllerTaskOperator(BaseOperator):
         deadline = time.monotonic() + self.log_settle
         self._stream(hook, task_id, cursor)
         while not self._log_ended and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(_DRAIN_POLL)
             self._stream(hook, task_id, cursor)
 
     # -- finish -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``ControllerTaskTrigger``: waits in the triggerer for a controller task to end, holding no worker slot.
 
-It polls ``GET /api/v1/tasks/{id}`` with an ``httpx.AsyncClient`` and fires one event:
+It long-polls ``GET /api/v1/tasks/{id}?wait=`` (``long_poll`` s; ``0``: plain polls every ``poll_interval``)
+with an ``httpx.AsyncClient`` and fires one event:
 
 * ``{"status": "done", "task": <task JSON>}`` when the task reaches a terminal state
   (succeeded, failed, cancelled, lost): the operator decides what that means;
@@ -30,6 +31,7 @@ class ControllerTaskTrigger(BaseTrigger):
         conn_id: str = ControllerHook.default_conn_name,
         poll_interval: float = 5.0,
         unreachable_timeout: float = 600.0,
+        long_poll: float = 5.0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # airflow.triggers.base is untyped
         # not ``task_id``: BaseTrigger's ``task_id`` is the Airflow task's, set by the triggerer
@@ -37,6 +39,7 @@ class ControllerTaskTrigger(BaseTrigger):
         self.conn_id = conn_id
         self.poll_interval = float(poll_interval)
         self.unreachable_timeout = float(unreachable_timeout)
+        self.long_poll = float(long_poll)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -46,6 +49,7 @@ class ControllerTaskTrigger(BaseTrigger):
                 "conn_id": self.conn_id,
                 "poll_interval": self.poll_interval,
                 "unreachable_timeout": self.unreachable_timeout,
+                "long_poll": self.long_poll,
             },
         )
 
@@ -63,10 +67,12 @@ class ControllerTaskTrigger(BaseTrigger):
         loop = asyncio.get_running_loop()
         hook = ControllerHook(self.conn_id)
         last_answer = loop.time()
+        seen: str | None = None
         try:
             while True:
+                asked = loop.time()
                 try:
-                    task = await hook.aget_task(self.controller_task_id)
+                    task = await hook.aget_task(self.controller_task_id, wait=self.long_poll, state=seen)
                 except ControllerUnreachable as exc:
                     if loop.time() - last_answer >= self.unreachable_timeout:
                         yield self._error(exc)
@@ -79,9 +85,14 @@ class ControllerTaskTrigger(BaseTrigger):
                     return
                 else:
                     last_answer = loop.time()
-                    if task.get("state") in TERMINAL_STATES:
+                    state = task.get("state")
+                    if state in TERMINAL_STATES:
                         yield TriggerEvent({"status": "done", "task": task})  # type: ignore[no-untyped-call]
                         return
+                    changed, seen = state != seen, state
+                    answered_late = last_answer - asked >= min(self.long_poll, self.poll_interval)
+                    if self.long_poll > 0 and (changed or answered_late):
+                        continue  # a long poll answered (see ControllerTaskOperator._poll)
                 await asyncio.sleep(self.poll_interval)
         finally:
             await hook.aclose()

@@ -18,7 +18,9 @@ the process group the handle names), in the workspace, and the wrapper does what
   done: finish your work and exit"; a file, not a signal, so a sidecar still starting cannot miss it),
   waits up to ``sidecar_grace`` (``grace`` after a cancel) for the sidecar, then ``SIGTERM``, then
   ``SIGKILL``;
-* writes ``exit.json`` atomically: state, exit code (128 + signal when killed), reason, timings.
+* writes ``exit.json`` atomically: state, exit code (128 + signal when killed), reason, timings, CPU
+  seconds of the job and of the sidecar (``job_cpu_s``, ``sidecar_cpu_s``; ``sidecar_standby_cpu_s``: the
+  part a standby sidecar spent warming up before the job).
 
 Start-up is on the dispatch path, so this runs as a script (``python -I -S launcher.py ...``), is one
 thread with a ``poll`` loop, and imports only ``os``, ``sys``, ``time``, ``select`` and ``_signal``
@@ -32,8 +34,10 @@ interpreter start-up is off the path altogether. Arguments::
 A standby launcher given a sidecar command also starts that sidecar at once with ``--standby``: it
 imports and warms up while the launcher waits, then takes the job's cwd and environment on its stdin
 (:func:`_hand_to_sidecar`). The sidecar's start-up (a few seconds of imports on 2 busy cores) is thus
-neither on the job's path nor competing with the job for the CPU. A request for another sidecar
-command (or none) drops the standby one and starts cold; restarts after a crash are always cold.
+neither on the job's path nor competing with the job for the CPU. When its warm-up is done it writes one
+byte to the standby launcher's stdout (a pipe from the runtime, see :func:`_standby_sidecar`). A request
+for another sidecar command (or none) drops the standby one and starts cold; restarts after a crash are
+always cold.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ LAUNCH_FILE = "launch.json"
 OUTPUT_FILE = "output.jsonl"
 PIDS_FILE = "pids.json"
 EXIT_FILE = "exit.json"
+READY_FD_ENV = "MLPROV_SIDECAR_READY_FD"  # provenance.sidecar.agent.READY_FD_ENV (not imported: start-up)
 SIDECAR_ONLY_ENV = ("MLPROV_TASK_TOKEN", "MLPROV_HOME")  # the task token and the signing identity
 JOB_EXIT_MARKER = os.path.join(".mlprov", "job-exit")  # relative to the workspace, the launcher's cwd
 MAX_SIDECAR_RESTARTS = 5
@@ -114,6 +119,16 @@ def _write_marker(path: str, result: Mapping[str, object]) -> None:
     with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _write_atomic(path, {"state": result.get("state"), "exit_code": result.get("exit_code")})
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live child has used so far (``/proc/<pid>/stat``), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 4)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _killpg(pgid: int | None, signum: int) -> None:
@@ -174,13 +189,32 @@ class _Proc:
 
 def _standby_sidecar(sidecar_argv: list[str]) -> _Proc | None:
     """Start the next job's sidecar now (``--standby``: it imports and warms up, then waits on stdin for the
-    job's working directory and environment), so its start-up is off the job's path; None if it cannot."""
+    job's working directory and environment), so its start-up is off the job's path; None if it cannot.
+
+    It inherits a copy of this launcher's stdout as ``MLPROV_SIDECAR_READY_FD`` and writes one byte there
+    when its warm-up is done (the runtime waits for that before the first job after its start)."""
     if not sidecar_argv:
         return None
+    ready = os.dup(1)
+    os.set_inheritable(ready, True)
     try:
-        return _Proc("sidecar", [*sidecar_argv, "--standby"], dict(os.environ), stdin_pipe=True)
+        env = {**os.environ, READY_FD_ENV: str(ready)}
+        return _Proc("sidecar", [*sidecar_argv, "--standby"], env, stdin_pipe=True)
     except OSError:
         return None
+    finally:
+        os.close(ready)
+
+
+def _release_stdout(ready: bool) -> None:
+    """Standby: write the readiness byte (``ready``: no sidecar will), then point stdout at /dev/null, so the
+    runtime's pipe is held by the standby sidecar alone (EOF there: it died before it was ready)."""
+    with contextlib.suppress(OSError):
+        if ready:
+            os.write(1, b"\n")
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
 
 
 def _hand_to_sidecar(warm: _Proc, cwd: str, env: Mapping[str, str]) -> bool:
@@ -208,6 +242,7 @@ def standby(sidecar_argv: list[str]) -> int:
     ``sidecar_argv`` (``--standby N_SIDECAR_ARGS SIDECAR_ARGV...``): the sidecar the next job most likely
     runs with, started now in standby; used when the request names the same command, else dropped."""
     warm = _standby_sidecar(sidecar_argv)
+    _release_stdout(ready=warm is None)
     chunks = []
     while True:
         data = os.read(0, 65536)
@@ -283,6 +318,7 @@ def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
     if warm is not None:
         sidecar = warm
         watch(sidecar)
+        result["sidecar_standby_cpu_s"] = _cpu_seconds(warm.pid)  # its warm-up, before this job: not the job's
     elif sidecar_argv:
         try:
             sidecar = _Proc("sidecar", sidecar_argv, env)
@@ -300,6 +336,7 @@ def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
     pids = {"launcher": os.getpid(), "job": job.pid if job else None, "sidecar": sidecar.pid if sidecar else None}
     _write_atomic(os.path.join(state, PIDS_FILE), pids)
     sidecar_restarts = 0
+    cpu: dict[str, float] = {}
     sidecar_final = sidecar is None  # its exit status is the one recorded (no more restarts)
     sidecar_term_at: float | None = None  # SIGTERM the sidecar at this time if it has not finished
     sidecar_signalled = False
@@ -317,11 +354,14 @@ def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
         for proc in (job, sidecar):
             if proc is not None and proc.status is None:
                 try:
-                    pid, status = os.waitpid(proc.pid, os.WNOHANG)
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 except ChildProcessError:
-                    pid, status = proc.pid, 0
+                    pid, status, usage = proc.pid, 0, None
                 if pid == proc.pid:
                     proc.status = status
+                    if usage is not None:  # CPU seconds per component (a restarted sidecar's add up)
+                        cpu[proc.component] = cpu.get(proc.component, 0.0) + usage.ru_utime + usage.ru_stime
+                        result[f"{proc.component}_cpu_s"] = round(cpu[proc.component], 4)
         # --- the job ----------------------------------------------------------------------------
         if job is not None and job.status is None:
             if kill_at is None and (cancelled[0] or (deadline is not None and now >= deadline)):

@@ -18,7 +18,10 @@ Warm start: one spare launcher waits (started after each launch, and at construc
 ``standby_sidecar`` is given) and takes the next job on stdin. When the last job's sidecar is mlprov's
 own, the spare also starts that sidecar in standby, so the next job's sidecar has done its seconds of
 imports before the job starts (see :mod:`controller.runtime.launcher`). Both wait with the allow-listed
-environment only.
+environment only. The spare reports on its stdout when its sidecar is warm; the first launch after
+construction waits for that (at most ``first_warm_wait`` seconds), so the first job after a controller
+start does not run beside a sidecar still importing, i.e. with its first artifacts unsigned for seconds.
+Later launches never wait: their spare had the previous job's duration to warm up.
 """
 
 from __future__ import annotations
@@ -61,6 +64,30 @@ class _Job:
     cancel_requested: bool = False
     offset: int = 0
     proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class _Spare:
+    """A standby launcher and whether it said its sidecar is warm (one byte on its stdout, or EOF)."""
+
+    proc: subprocess.Popen[bytes]
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def watch_ready(self) -> None:
+        """Set :attr:`ready` when the spare writes its byte or closes its stdout (a thread per spare)."""
+        stdout = self.proc.stdout
+        if stdout is None:
+            self.ready.set()
+            return
+
+        def wait() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                stdout.read(1)
+            self.ready.set()
+            with contextlib.suppress(OSError):
+                stdout.close()
+
+        threading.Thread(target=wait, name="spare-ready", daemon=True).start()
 
 
 def _proc_start_time(pid: int) -> tuple[int, str] | None:
@@ -128,6 +155,7 @@ class LocalRuntime:
         python: str = sys.executable,
         warm: bool = True,
         standby_sidecar: list[str] | None = None,
+        first_warm_wait: float = 10.0,
     ) -> None:
         self._grace = grace
         self._sidecar_grace = sidecar_grace
@@ -135,14 +163,16 @@ class LocalRuntime:
         self._python = python
         self._warm = warm
         self._launcher_argv = [python, "-I", "-S", launcher.__file__]
-        self._spare: subprocess.Popen[bytes] | None = None
+        self._spare: _Spare | None = None
         self._spare_sidecar: list[str] = list(standby_sidecar or []) if _has_standby(standby_sidecar or []) else []
         """The sidecar command of the last launch (at first ``standby_sidecar``, the configured one): the spare
         launcher starts it in standby for the next job."""
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self._first_warm_wait = first_warm_wait if warm and self._spare_sidecar else 0.0
+        """The first launch waits this long at most for the spare started here to have a warm sidecar."""
         if warm and self._spare_sidecar:  # the first job's sidecar is warm too (after every field exists)
-            threading.Thread(target=self._start_spare, name="spare-launcher", daemon=True).start()
+            self._start_spare()  # here, not on a thread: the first launch finds it (a Popen: milliseconds)
 
     # -- Runtime ---------------------------------------------------------------------------------
 
@@ -258,7 +288,7 @@ class LocalRuntime:
             job.stop.set()
             job.wake.set()
         if spare is not None:
-            self._retire(spare)
+            self._retire(spare.proc)
 
     # -- the warm launcher -----------------------------------------------------------------------
 
@@ -273,7 +303,7 @@ class LocalRuntime:
                 cwd="/",
                 env=_base_env(),  # it and its standby sidecar wait without the controller's secrets
                 stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,  # one byte when its sidecar is warm (launcher._standby_sidecar)
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
@@ -281,12 +311,14 @@ class LocalRuntime:
         except OSError:
             log.warning("spare launcher could not start; launching cold")
             return
+        spare = _Spare(proc)
+        spare.watch_ready()
         with self._lock:
             keep = self._warm and self._spare is None
             if keep:
-                self._spare = proc
+                self._spare = spare
         if not keep:
-            self._retire(proc)
+            self._retire(spare.proc)
 
     @staticmethod
     def _retire(proc: subprocess.Popen[bytes]) -> None:
@@ -300,15 +332,19 @@ class LocalRuntime:
 
     def _hand_to_spare(self, cwd: Path, env: dict[str, str], args: list[str]) -> subprocess.Popen[bytes] | None:
         with self._lock:
-            proc, self._spare = self._spare, None
-        if proc is None or proc.stdin is None:
+            spare, self._spare = self._spare, None
+            first_wait, self._first_warm_wait = self._first_warm_wait, 0.0
+        if spare is None or spare.proc.stdin is None:
             return None
+        if first_wait > 0 and not spare.ready.wait(first_wait):
+            log.warning("standby_sidecar_not_ready", waited_s=first_wait)
+        proc, stdin = spare.proc, spare.proc.stdin
         if proc.poll() is not None:
             return None
         fields = [str(cwd), str(len(env)), *(f"{k}={v}" for k, v in env.items()), *args]
         try:
-            proc.stdin.write(b"\0".join(f.encode("utf-8", "surrogateescape") for f in fields))
-            proc.stdin.close()
+            stdin.write(b"\0".join(f.encode("utf-8", "surrogateescape") for f in fields))
+            stdin.close()
         except OSError:
             self._retire(proc)
             return None

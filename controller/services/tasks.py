@@ -12,6 +12,7 @@ returned by ``submit`` only (a duplicate submission gets a fresh one).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Iterator
@@ -52,6 +53,11 @@ __all__ = [
 ]
 
 _TASKS = Task.__table__
+_TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
+WAIT_POLL = 0.02
+"""Seconds between state reads of a long poll (``GET /tasks/{id}?wait=``)."""
+MAX_WAIT = 60.0
+"""The longest ``wait`` a long poll may ask for."""
 _NAME = r"^[A-Za-z0-9_.:+~@-][A-Za-z0-9_.:+~@/ -]{0,249}$"
 
 
@@ -458,6 +464,40 @@ class TaskStatusReader:
             except OperationalError:
                 pass  # the store is busy (a checkpoint, a schema change): wait on the thread pool instead
         return await run_in_threadpool(self._read_pooled, task_id)
+
+    @staticmethod
+    def _read_state(conn: Connection, task_id: str) -> str:
+        state = conn.execute(select(_TASKS.c.state).where(_TASKS.c.id == task_id)).scalar_one_or_none()
+        if state is None:
+            raise TaskNotFoundError(f"no task {task_id!r}: check the id returned by POST /api/v1/tasks")
+        return str(state)
+
+    def _state_pooled(self, task_id: str) -> str:
+        with self._engine.connect() as conn:
+            return self._read_state(conn, task_id)
+
+    async def _state(self, task_id: str) -> str:
+        if self._loop_engine is not None:
+            try:
+                with self._loop_engine.connect() as conn:
+                    return self._read_state(conn, task_id)
+            except OperationalError:
+                pass
+        return await run_in_threadpool(self._state_pooled, task_id)
+
+    async def wait_json(self, task_id: str, wait: float, state: str | None = None) -> bytes:
+        """Long poll: the task's JSON as soon as its state is not ``state`` (default: its state now) or is
+        terminal, at the latest after ``wait`` seconds. Saves the caller a poll interval at every change,
+        e.g. between a job's end and the Airflow task's: the state is re-read every ``WAIT_POLL`` seconds
+        (one indexed single-column select)."""
+        deadline = time.monotonic() + wait
+        reference = state if state is not None else await self._state(task_id)
+        while True:
+            current = await self._state(task_id)
+            if current != reference or current in _TERMINAL or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))
+        return await self.get_json(task_id)
 
     def close(self) -> None:
         if self._loop_engine is not None:

@@ -29,8 +29,11 @@ ledger with the spool and re-delivers what the spool holds (the controller is id
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import os
+import select
 import threading
 import time
 import uuid
@@ -45,18 +48,23 @@ from provenance.errors import ProvenanceError, RetryableDeliveryError
 from provenance.hashing import DirectoryDigest, hash_directory, hash_file
 from provenance.keys import SigningIdentity
 from provenance.manifest import AssetKind, build_manifest, custom_assertion, make_ingredient
+from provenance.sidecar import delivery
 from provenance.sidecar.classify import Classification, Classifier
 from provenance.sidecar.completion import FinishedArtifact, fingerprint
 from provenance.sidecar.config import SidecarSettings
 from provenance.sidecar.delivery import ControllerClient
-from provenance.sidecar.environment import ENVIRONMENT_ASSERTION_LABEL, EnvironmentCapture
+from provenance.sidecar.environment import (
+    ENVIRONMENT_ASSERTION_LABEL,
+    EnvironmentCapture,
+    prime_current_environment,
+)
 from provenance.sidecar.software import CODE_KIND, SoftwareManifests, SoftwareRef
 from provenance.sidecar.spool import ArtifactLedger, Spool, SpoolItem
 from provenance.sidecar.taskinfo import TaskInfo
-from provenance.sidecar.watcher import ObserverLike, Watcher
+from provenance.sidecar.watcher import ObserverLike, Watcher, warm_observer
 from provenance.signing import sign_manifest
 
-__all__ = ["OMS_BUNDLE_LABEL", "OUTPUT_KIND", "Sidecar", "Summary", "asset_kind"]
+__all__ = ["OMS_BUNDLE_LABEL", "OUTPUT_KIND", "READY_FD_ENV", "Sidecar", "Summary", "asset_kind"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +72,36 @@ OUTPUT_KIND = "output"
 OMS_BUNDLE_LABEL = "mlprov.oms_bundle"
 OMS_BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 _METRICS_MAX_BYTES = 1024 * 1024
+_EXIT_POLL = 0.02
+"""Seconds between looks at the job-exit marker while no artifact is pending: the job's end waits for it."""
+READY_FD_ENV = "MLPROV_SIDECAR_READY_FD"
+"""A standby sidecar writes one byte to this inherited file descriptor when its warm-up is done."""
+
+
+def _job_waiting() -> bool:
+    """Standby: whether the job (or EOF) is already on stdin, i.e. the warm-up is late and should end."""
+    try:
+        readable, _, _ = select.select([0], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
+def _signal_ready() -> None:
+    """Standby: one byte on the inherited descriptor :data:`READY_FD_ENV` names (the local launcher's, see
+    ``controller/runtime/launcher.py``), then close it; nothing when the variable is unset."""
+    raw = os.environ.pop(READY_FD_ENV, None)
+    if not raw:
+        return
+    try:
+        fd = int(raw)
+    except ValueError:
+        return
+    with contextlib.suppress(OSError):  # the runtime stopped listening: nothing to tell
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
 
 
 def asset_kind(classification: Classification) -> AssetKind:
@@ -175,7 +213,7 @@ class Sidecar:
         captured: list[dict[str, Any]] = []  # the environment probe (I/O, a subprocess) overlaps the imports
         probe = threading.Thread(target=lambda: captured.append(self._capture_environment()), daemon=True)
         probe.start()
-        self._warm_up()
+        self._import_signing()
         self._software_ref = self.software.resolve(self.task)
         probe.join()
         self._environment = captured[0] if captured else self._capture_environment()
@@ -189,10 +227,23 @@ class Sidecar:
         )
 
     @staticmethod
-    def _warm_up() -> None:
+    def _import_signing() -> None:
         """Import the signing libraries once, now, rather than inside the first artifact's latency."""
         import c2pa  # noqa: F401
         from model_signing import hashing, signing  # noqa: F401
+
+    @staticmethod
+    def _warm_up() -> None:
+        """A standby sidecar's work before its job is known (``mlprov sidecar --standby``): every one-time cost
+        of :meth:`start` that needs no job -- the signing libraries, the watcher's observer, the HTTP
+        client's set-up, the probe of this interpreter's packages --, then the readiness signal
+        (:data:`READY_FD_ENV`), so the job's start pays only for what is the job's own."""
+        Sidecar._import_signing()
+        warm_observer()
+        delivery.warm_up()
+        if not _job_waiting():  # speculative (the job's interpreter may be another): not when the job is here
+            prime_current_environment()
+        _signal_ready()
 
     def run(self, *, once: bool = False) -> Summary:
         """Watch until the job exits, then flush and drain; return the summary."""
@@ -207,7 +258,7 @@ class Sidecar:
                     finishing = True
                     log.info("sidecar_finishing", reason="signal" if self._exit.is_set() else "exit-marker")
                     self.watcher.finish(timeout=0)
-                item = self.watcher.get(timeout=0.2)
+                item = self.watcher.get(timeout=_EXIT_POLL)
                 if item is not None:
                     self.process(item)
                     continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import subprocess
@@ -34,6 +35,7 @@ __all__ = [
     "capture_environment",
     "package_lines",
     "packages_digest",
+    "prime_current_environment",
 ]
 
 ENVIRONMENT_ASSERTION_LABEL = "mlprov.environment"
@@ -76,7 +78,7 @@ def packages_digest(packages: dict[str, str]) -> tuple[str, int]:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest(), len(lines)
 
 
-def _probe_current() -> dict[str, Any]:
+def _scan_current() -> dict[str, Any]:
     import importlib.metadata as metadata
 
     packages: dict[str, str] = {}
@@ -90,6 +92,40 @@ def _probe_current() -> dict[str, Any]:
         "executable": sys.executable,
         "packages": packages,
     }
+
+
+def _path_state() -> tuple[tuple[str, int], ...]:
+    """Each ``sys.path`` entry with its modification time: installing, upgrading or removing a distribution
+    adds or removes a ``*.dist-info`` directory in one of them, which changes that entry's mtime."""
+    state: list[tuple[str, int]] = []
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            state.append((entry, -1))
+    return tuple(state)
+
+
+_current_lock = threading.Lock()
+_current: tuple[tuple[tuple[str, int], ...], dict[str, Any]] | None = None
+
+
+def _probe_current() -> dict[str, Any]:
+    """This interpreter's probe (reading every distribution's metadata: a few hundred ms of CPU), kept while
+    no ``sys.path`` entry changed (:func:`_path_state`), so a standby sidecar does it before its job starts
+    (:func:`prime_current_environment`) and the job's capture only checks that nothing changed since."""
+    global _current
+    with _current_lock:
+        state = _path_state()
+        if _current is None or _current[0] != state:
+            _current = (state, _scan_current())
+        probe: dict[str, Any] = json.loads(json.dumps(_current[1]))  # a copy the caller may change
+        return probe
+
+
+def prime_current_environment() -> None:
+    """Probe this interpreter now (warm-up), so a later capture of it is a cheap validity check."""
+    _probe_current()
 
 
 def _probe_interpreter(interpreter: Path, timeout: float) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from provenance.sidecar.completion import CompletionRules, CompletionTracker, Fi
 if TYPE_CHECKING:
     from provenance.sidecar.spool import ArtifactLedger
 
-__all__ = ["ObserverLike", "WatchConfig", "Watcher"]
+__all__ = ["ObserverLike", "WatchConfig", "Watcher", "warm_observer"]
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +75,14 @@ def _native_observer() -> ObserverLike:
 
     native: ObserverLike = Observer()
     return native
+
+
+def warm_observer() -> None:
+    """Import the native observer's modules now (a standby sidecar's warm-up), not when watching starts."""
+    if sys.platform.startswith("linux"):
+        from watchdog.observers import inotify  # noqa: F401
+    else:
+        from watchdog import observers  # noqa: F401
 
 
 def _polling_observer(interval: float) -> ObserverLike:

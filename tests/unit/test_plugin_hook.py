@@ -7,7 +7,9 @@ shared by the module; the hook reads its address and token from ``AIRFLOW_CONN_*
 from __future__ import annotations
 
 import hashlib
+import itertools
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +28,7 @@ from plugins import (
     ControllerHook,
     ControllerRequestError,
     ControllerTaskLost,
+    ControllerTaskOperator,
     ControllerTaskTrigger,
     ControllerUnreachable,
     LogCursor,
@@ -284,3 +287,59 @@ def test_closed_port_helper_is_really_closed() -> None:
     port = _closed_port()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+# -- long polls ------------------------------------------------------------------------------------
+
+
+def test_a_long_poll_returns_at_the_state_change(hook: ControllerHook) -> None:
+    tid = hook.submit_task("sleeper")["id"]
+    _wait(hook, tid, "running")
+    started = time.monotonic()
+    assert hook.get_task(tid, wait=0.4, state="running")["state"] == "running"  # no change: the whole wait
+    assert time.monotonic() - started >= 0.35
+
+    def cancel() -> None:
+        with ControllerHook() as other:
+            other.cancel_task(tid)
+
+    canceller = threading.Timer(0.3, cancel)
+    canceller.start()
+    started = time.monotonic()
+    try:
+        task = hook.get_task(tid, wait=30, state="running")
+        while task["state"] == "running":  # cancel requested: the job is being stopped
+            task = hook.get_task(tid, wait=30, state="running")
+    finally:
+        canceller.join()
+    assert task["state"] == "cancelled"
+    assert time.monotonic() - started < 20  # ended by the change, not by the 30 s
+
+
+class _ScriptedHook:
+    """A stand-in hook answering ``states`` in turn, instantly (a controller without long polls)."""
+
+    def __init__(self, states: list[str]) -> None:
+        self.states = states
+        self.calls: list[tuple[float, float | None, str | None]] = []
+
+    def get_task(self, task_id: str, *, wait: float | None = None, state: str | None = None) -> dict[str, Any]:
+        self.calls.append((time.monotonic(), wait, state))
+        return {"id": task_id, "state": self.states.pop(0)}
+
+    def iter_logs(self, task_id: str, after: LogCursor | None = None) -> Iterator[dict[str, Any]]:
+        return iter(())
+
+
+def test_the_operator_passes_the_last_state_and_still_paces_a_controller_without_long_polls() -> None:
+    operator = ControllerTaskOperator(task_id="t", service="s", poll_interval=0.2, long_poll=5.0)
+    scripted = _ScriptedHook(["queued", "running", "running", "running", "succeeded"])
+    task = operator._poll(scripted, "t", LogCursor())  # type: ignore[arg-type]  # a duck-typed hook
+    assert task["state"] == "succeeded"
+    assert [(wait, state) for _, wait, state in scripted.calls] == [
+        (5.0, None), (5.0, "queued"), (5.0, "running"), (5.0, "running"), (5.0, "running"),
+    ]  # fmt: skip
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(scripted.calls)]
+    assert gaps[0] < 0.15  # a change: ask again at once
+    assert gaps[1] < 0.15
+    assert min(gaps[2:]) >= 0.18  # same state at once: an old controller, polled every poll_interval

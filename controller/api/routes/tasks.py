@@ -20,7 +20,14 @@ from pydantic import BaseModel
 
 from controller.api.deps import AdminDep, ReaderDep, SessionDep, StateDep, TaskTokenDep
 from controller.logs.base import LogRecord
-from controller.services.tasks import SubmitResult, TaskService, TaskSubmission, TaskView, status_reader
+from controller.services.tasks import (
+    MAX_WAIT,
+    SubmitResult,
+    TaskService,
+    TaskSubmission,
+    TaskView,
+    status_reader,
+)
 
 __all__ = ["get_task_service", "router"]
 
@@ -70,12 +77,26 @@ def list_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskView, responses=_ERRORS)
-async def get_task(task_id: str, state: StateDep) -> Response:
+async def get_task(
+    task_id: str,
+    state: StateDep,
+    wait: Annotated[
+        float | None,
+        Query(gt=0, le=MAX_WAIT, description="long poll: answer when the state changes, at the latest after this"),
+    ] = None,
+    since_state: Annotated[
+        str | None,
+        Query(alias="state", max_length=32, description="with wait: the state the caller saw last (default: now)"),
+    ] = None,
+) -> Response:
     """The task's state, exit code, reason, outputs, timings, resolved refs (admin, read-only, or its task
-    token: the rule every /api/v1 route has). The hot polling endpoint: see ``TaskStatusReader``."""
-    return Response(
-        await status_reader(state.engine, state.settings.kibana_url).get_json(task_id), media_type="application/json"
-    )
+    token: the rule every /api/v1 route has). The hot polling endpoint: see ``TaskStatusReader``.
+
+    ``?wait=S`` makes it a long poll: the answer comes as soon as the task's state differs from ``state``
+    (default: its state when the request arrived) or is terminal, else after ``S`` seconds (at most 60)."""
+    reader = status_reader(state.engine, state.settings.kibana_url)
+    body = await (reader.get_json(task_id) if wait is None else reader.wait_json(task_id, wait, since_state))
+    return Response(body, media_type="application/json")
 
 
 @router.delete("/{task_id}", status_code=status.HTTP_202_ACCEPTED, response_model=TaskView, responses=_ERRORS)

@@ -290,6 +290,7 @@ def test_warm_launchers_run_later_jobs_identically_and_close_retires_the_spare(t
     assert results == [(JobState.SUCCEEDED, [f"{tmp_path / f'w{i}'} {i} None"]) for i in range(3)]
     spare = rt._spare
     assert spare is not None
+    assert spare.ready.wait(5)  # without a standby sidecar the spare launcher says it is ready at once
     rt.close()
-    assert spare.returncode == 0
+    assert spare.proc.returncode == 0
     assert rt._spare is None

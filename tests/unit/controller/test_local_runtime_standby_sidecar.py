@@ -13,35 +13,45 @@ from controller.runtime.base import JobSpec, JobState
 from controller.runtime.local import LocalRuntime, _has_standby
 
 # A stand-in for `mlprov sidecar`: "provenance.cli" and "sidecar" in its argv make the runtime treat it
-# as mlprov's own. In standby it records when it started, waits for its job on stdin, adopts it, and
-# then behaves as a sidecar: waits for the job-exit marker and writes what it saw into the workspace.
-FAKE_SIDECAR = [
-    sys.executable,
-    "-c",
-    textwrap.dedent(
-        """
-        import json, os, sys, time
-        born = time.time()
-        standby = sys.argv[-1] == "--standby"
-        if standby:
-            request = sys.stdin.buffer.read()
-            if not request:
-                sys.exit(0)
-            fields = request.decode().split("\\0")
-            os.chdir(fields[0])
-            os.environ.clear()
-            os.environ.update(f.split("=", 1) for f in fields[1:] if "=" in f)
-        while not os.path.exists(".mlprov/job-exit"):
-            time.sleep(0.01)
-        record = {"standby": standby, "born": born, "cwd": os.getcwd(), "token": os.environ.get("MLPROV_TASK_TOKEN"),
-                  "x": os.environ.get("X")}
-        json.dump(record, open("sidecar.json", "w"))
-        print("sidecar done", flush=True)
-        """
-    ),
-    "provenance.cli",
-    "sidecar",
-]
+# as mlprov's own. In standby it records when it started, "warms up" (sleeps), says it is ready on the
+# descriptor MLPROV_SIDECAR_READY_FD names (unless told never to), waits for its job on stdin, adopts it,
+# and then behaves as a sidecar: waits for the job-exit marker and writes what it saw into the workspace.
+_FAKE_SIDECAR_CODE = textwrap.dedent(
+    """
+    import json, os, sys, time
+    born = time.time()
+    standby = sys.argv[-1] == "--standby"
+    ready_at = None
+    if standby:
+        time.sleep(WARM_UP)  # the imports of a real sidecar
+        ready_fd = os.environ.pop("MLPROV_SIDECAR_READY_FD", None)
+        if ready_fd and not NEVER_READY:
+            ready_at = time.time()
+            os.write(int(ready_fd), b"\\n")
+            os.close(int(ready_fd))
+        request = sys.stdin.buffer.read()
+        if not request:
+            sys.exit(0)
+        fields = request.decode().split("\\0")
+        os.chdir(fields[0])
+        os.environ.clear()
+        os.environ.update(f.split("=", 1) for f in fields[1:] if "=" in f)
+    while not os.path.exists(".mlprov/job-exit"):
+        time.sleep(0.01)
+    record = {"standby": standby, "born": born, "cwd": os.getcwd(), "token": os.environ.get("MLPROV_TASK_TOKEN"),
+              "x": os.environ.get("X"), "ready_at": ready_at}
+    json.dump(record, open("sidecar.json", "w"))
+    print("sidecar done", flush=True)
+    """
+)
+
+
+def fake_sidecar(warm_up: float = 0.0, never_ready: bool = False) -> list[str]:
+    code = f"WARM_UP = {warm_up!r}\nNEVER_READY = {never_ready!r}\n{_FAKE_SIDECAR_CODE}"
+    return [sys.executable, "-c", code, "provenance.cli", "sidecar"]
+
+
+FAKE_SIDECAR = fake_sidecar()
 
 
 def _job(tmp_path: Path, i: int, sidecar: list[str] | None) -> JobSpec:
@@ -62,7 +72,8 @@ def _wait_spare(rt: LocalRuntime, *, with_sidecar: bool = False) -> None:
         if spare is not None and not with_sidecar:
             return
         if spare is not None:
-            children = Path(f"/proc/{spare.pid}/task/{spare.pid}/children").read_text().split()
+            pid = spare.proc.pid
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             if children and "provenance.cli" in Path(f"/proc/{children[0]}/cmdline").read_text():
                 time.sleep(0.3)  # its interpreter up
                 return
@@ -110,5 +121,43 @@ def test_a_job_without_a_sidecar_or_with_another_one_drops_the_standby_sidecar(t
         custom = _job(tmp_path, 1, other)
         assert rt.wait(rt.launch(custom, lambda line: None), timeout=20).state is JobState.SUCCEEDED
         assert json.loads((custom.workspace / "sidecar.json").read_text())["standby"] is False  # cold
+    finally:
+        rt.close()
+
+
+def _job_started_at(spec: JobSpec) -> float:
+    return float((spec.workspace / "outputs" / "started").read_text())
+
+
+def _timed_job(tmp_path: Path, i: int, sidecar: list[str] | None) -> JobSpec:
+    spec = _job(tmp_path, i, sidecar)
+    spec.command[:] = [sys.executable, "-c", "import time; open('outputs/started', 'w').write(repr(time.time()))"]
+    return spec
+
+
+def test_the_first_job_starts_once_the_standby_sidecar_started_with_the_runtime_is_warm(tmp_path: Path) -> None:
+    sidecar = fake_sidecar(warm_up=0.5)
+    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=sidecar)
+    try:
+        first = _timed_job(tmp_path, 0, sidecar)  # launched at once: its sidecar is still warming up
+        assert rt.wait(rt.launch(first, lambda line: None), timeout=20).state is JobState.SUCCEEDED
+        record = json.loads((first.workspace / "sidecar.json").read_text())
+        assert record["standby"] is True
+        assert record["ready_at"] is not None
+        assert _job_started_at(first) >= record["ready_at"]
+    finally:
+        rt.close()
+
+
+def test_the_first_launch_waits_a_bounded_time_for_a_sidecar_that_never_says_it_is_warm(tmp_path: Path) -> None:
+    sidecar = fake_sidecar(never_ready=True)
+    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=sidecar, first_warm_wait=0.5)
+    try:
+        spec = _timed_job(tmp_path, 0, sidecar)
+        launched = time.monotonic()
+        handle = rt.launch(spec, lambda line: None)
+        assert 0.4 <= time.monotonic() - launched < 5
+        assert rt.wait(handle, timeout=20).state is JobState.SUCCEEDED
+        assert json.loads((spec.workspace / "sidecar.json").read_text())["standby"] is True
     finally:
         rt.close()

@@ -207,3 +207,36 @@ async def test_the_status_reader_reads_on_the_loop_or_the_thread_pool(url: str, 
         await reader.get_json("nope")
     reader.close()
     engine.dispose()
+
+
+async def test_a_long_poll_answers_when_the_state_changes_and_else_after_its_wait(client: httpx.AsyncClient) -> None:
+    loop = asyncio.get_running_loop()
+    tid = (await client.post("/api/v1/tasks", json={"service": "sleeper"})).json()["id"]
+    running = await _until(client, tid, "running")
+    asked = loop.time()
+    unchanged = await client.get(f"/api/v1/tasks/{tid}", params={"wait": 0.5, "state": "running"})
+    assert unchanged.status_code == 200
+    assert unchanged.json()["state"] == "running"
+    assert loop.time() - asked >= 0.45  # nothing changed: it waited
+
+    asked = loop.time()
+    stale = await client.get(f"/api/v1/tasks/{tid}", params={"wait": 10, "state": "queued"})
+    assert stale.json()["state"] == "running"  # the caller's state is already out of date: at once
+    assert loop.time() - asked < 5
+
+    waiting = asyncio.create_task(client.get(f"/api/v1/tasks/{tid}", params={"wait": 20}, timeout=30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    cancelled_at = loop.time()
+    await client.delete(f"/api/v1/tasks/{tid}")
+    ended = await waiting
+    assert ended.json()["state"] == "cancelled"
+    assert loop.time() - cancelled_at < 15  # the change ended the wait, not its 20 s
+    assert running["id"] == ended.json()["id"]
+
+    asked = loop.time()
+    terminal = await client.get(f"/api/v1/tasks/{tid}", params={"wait": 10})
+    assert terminal.json()["state"] == "cancelled"  # nothing follows a terminal state: no waiting
+    assert loop.time() - asked < 5
+    assert (await client.get("/api/v1/tasks/nope", params={"wait": 1})).status_code == 404
+    assert (await client.get(f"/api/v1/tasks/{tid}", params={"wait": 61})).status_code == 422
