@@ -11,9 +11,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Installs the project editable with its dev extras (Airflow, test and lint tools).
+# Installs the project editable with its dev extras (Airflow, test and lint tools), and gitlab-ci-local
+# (pinned in gitlab-ci/tools/package-lock.json) to run the CI templates locally; skipped without npm.
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "npm not found: skipping gitlab-ci-local (the CI template tests will be skipped)"; \
+	elif [ ! -x gitlab-ci/tools/node_modules/.bin/gitlab-ci-local ] || \
+	     [ gitlab-ci/tools/package-lock.json -nt gitlab-ci/tools/node_modules/.package-lock.json ]; then \
+	  npm ci --prefix gitlab-ci/tools --no-audit --no-fund --loglevel=error; \
+	fi
 
 # The README's test command: every test, unit and integration (real PostgreSQL, MLflow, S3 server).
 test: install

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from controller.pipeline.commands import deploy_command, pipeline_group
 from provenance.cli import cli
 
 if TYPE_CHECKING:
@@ -55,6 +56,10 @@ def serve_settings(settings: Settings, *, host: str | None = None, port: int | N
     if settings.services_file is None and Path("services.yaml").is_file():
         updates["services_file"] = Path("services.yaml").resolve()
     return settings.model_copy(update=updates)
+
+
+cli.add_command(deploy_command)  # `mlprov deploy` (controller/pipeline/deploy.py)
+cli.add_command(pipeline_group)  # `mlprov pipeline test|import-test` (controller/pipeline/checks.py)
 
 
 def main() -> None:

@@ -4,6 +4,10 @@ stage programs of ``tests/data/stages`` and a one-commit git repository holding 
 
 ``Controller`` is a small synchronous client with the waits the tests need; ``controller_on`` starts
 (and, for the restart test, restarts) the app on a given home and port.
+
+``stack`` is ``make up``'s services (controller, Airflow, MLflow) on free loopback ports, started once per
+session for the tests that drive Airflow over its REST API (tests/e2e/test_pipeline_test.py; a module
+that defines its own ``stack`` fixture overrides this one).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pydantic import SecretStr
 from controller.main import create_app
 from controller.services.tlog import GroupCommitLog
 from controller.settings import Settings
+from controller.stack import Stack, StackConfig
 from controller.state import AppState
 from provenance.tlog.local import LocalTransparencyLog
 from tests.job_cleanup import kill_jobs
@@ -52,6 +57,7 @@ __all__ = [
 ADMIN = "admin-token-for-e2e-tests"
 READ = "read-token-for-e2e-tests"
 STAGES = Path(__file__).resolve().parents[1] / "data" / "stages"
+REPO = Path(__file__).resolve().parents[2]
 _TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost")
 
 
@@ -237,3 +243,24 @@ def e2e_home(mlprov_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 @pytest.fixture
 def code_repo(tmp_path: Path) -> tuple[Path, str]:
     return make_code_repo(tmp_path / "code")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``make up``'s stack on free ports with the sidecar on (every output signed), once per session."""
+    ports = [free_port() for _ in range(3)]
+    while len(set(ports)) < 3:
+        ports = [free_port() for _ in range(3)]
+    config = StackConfig(
+        root=REPO,
+        home=tmp_path_factory.mktemp("stack-home"),
+        ports=dict(zip(("controller", "airflow", "mlflow"), ports, strict=True)),
+        extra_env={"MLPROV_SIDECAR": "true"},
+        timeout=240.0,
+    )
+    running = Stack(config, echo=lambda _line: None)
+    try:
+        running.up()
+        yield running
+    finally:
+        running.stop_started()

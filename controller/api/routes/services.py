@@ -1,14 +1,24 @@
-"""``/api/v1/services``: the service catalog (admin writes; admin and read-only tokens read)."""
+"""``/api/v1/services``: the service catalog (admin writes; admin and read-only tokens read).
+
+``POST /services/validate`` is the dry run of registration (``mlprov deploy`` calls it before it
+changes anything): each entry goes through the same checks as ``POST``/``PUT`` (the ``ServiceSpec``
+model, the name rule) and is compared with the catalog, and nothing is written.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.api.deps import AdminDep, ReaderDep, SessionDep
 from controller.catalog import ServiceSpec
+from controller.errors import InvalidInputError
 from controller.store import services_repo
+from controller.store.models import Service
 
-__all__ = ["router"]
+__all__ = ["ServiceCheck", "ValidateRequest", "ValidateResult", "router"]
 
 router = APIRouter(prefix="/services", tags=["services"])
 
@@ -33,6 +43,61 @@ def create_service(spec: ServiceSpec, session: SessionDep, _: AdminDep) -> Servi
     created = services_repo.create_service(session, spec)
     session.commit()
     return created
+
+
+class ValidateRequest(BaseModel):
+    """``POST /services/validate``: the entries to check, as they would be sent to ``POST``/``PUT``."""
+
+    model_config = ConfigDict(extra="forbid")
+    services: list[Any] = Field(max_length=1000, description="service specs (any JSON: each is checked alone)")
+
+
+class ServiceCheck(BaseModel):
+    index: int
+    name: str | None
+    action: Literal["create", "update", "unchanged", "invalid"]
+    """What registering it would do: ``create`` (POST), ``update`` (PUT), ``unchanged`` or ``invalid``."""
+    errors: list[str] = Field(default_factory=list)
+    """``field: problem`` lines, as the 400/422 answer of a registration would name them."""
+
+
+class ValidateResult(BaseModel):
+    ok: bool
+    services: list[ServiceCheck]
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [
+        f"{'.'.join(str(p) for p in e['loc']) or '(entry)'}: {str(e['msg']).removeprefix('Value error, ')}"
+        for e in exc.errors()
+    ]
+
+
+def _check(session: SessionDep, index: int, entry: Any, seen: set[str]) -> ServiceCheck:
+    name = entry.get("name") if isinstance(entry, dict) and isinstance(entry.get("name"), str) else None
+    try:
+        spec = ServiceSpec.model_validate(entry)
+    except ValidationError as exc:
+        return ServiceCheck(index=index, name=name, action="invalid", errors=_problems(exc))
+    except InvalidInputError as exc:  # the name rule (400 on registration)
+        return ServiceCheck(index=index, name=name, action="invalid", errors=[f"name: {exc}"])
+    if spec.name in seen:
+        return ServiceCheck(index=index, name=spec.name, action="invalid", errors=[f"name: {spec.name!r} is twice"])
+    seen.add(spec.name)
+    row = session.get(Service, spec.name)
+    if row is None:
+        return ServiceCheck(index=index, name=spec.name, action="create")
+    unchanged = row.spec == spec.model_dump(mode="json")
+    return ServiceCheck(index=index, name=spec.name, action="unchanged" if unchanged else "update")
+
+
+@router.post("/validate", response_model=ValidateResult)
+def validate_services(body: ValidateRequest, session: SessionDep, _: AdminDep) -> ValidateResult:
+    """Dry run: would registering these entries succeed, and would each create or update? Writes nothing."""
+    seen: set[str] = set()
+    checks = [_check(session, i, entry, seen) for i, entry in enumerate(body.services)]
+    session.rollback()
+    return ValidateResult(ok=all(c.action != "invalid" for c in checks), services=checks)
 
 
 @router.get("/{name:path}", response_model=ServiceSpec, responses=_ERRORS)
