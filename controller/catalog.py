@@ -2,16 +2,18 @@
 
 A service (JSON over the API, the same keys in YAML)::
 
-    {name, kind: job|server|external, command: [argv] | image, env: {}, params: {},
+    {name, kind: job|server|external, command: [argv], image, env: {}, params: {},
      resources: {cpu, memory, gpus}, locks: [names], timeout,
      port, health_path          # server
      url, method, headers,      # external
      kubernetes: {node_selector, tolerations, volumes, workspace, service_account,
                   image_pull_secrets, labels, annotations, priority_class_name, gpu_resource}}
 
-``job`` needs ``command`` or ``image``; ``server`` also ``port`` and ``health_path``; ``external``
-needs ``url`` and ``method`` (and no command/image). How the controller runs servers and calls
-external services: ``docs/service-kinds.md``. Names are ``[a-z0-9][a-z0-9_.-]{0,62}`` and
+``job`` needs ``command`` or ``image`` (or both: on Kubernetes ``command`` then replaces the image's
+entrypoint, as a container's ``command`` does, and the image's ``CMD`` is not used; the local runtime runs
+``command`` as a process and ignores ``image``, which stays in the catalog); ``server`` also ``port`` and
+``health_path``; ``external`` needs ``url`` and ``method`` (and no command/image). How the controller
+runs servers and calls external services: ``docs/service-kinds.md``. Names are ``[a-z0-9][a-z0-9_.-]{0,62}`` and
 never ``.``/``..``: a bad name raises :class:`~controller.errors.InvalidNameError` (HTTP 400), other
 problems a pydantic ``ValidationError`` (HTTP 422), both naming the field.
 
@@ -381,8 +383,10 @@ class ServiceSpec(BaseModel):
     kind: ServiceKind = ServiceKind.JOB
     description: str | None = Field(default=None, max_length=2000)
     command: list[str] | None = Field(default=None, min_length=1)
-    """argv, run with the job's workspace as working directory (never a shell string)."""
+    """argv, run with the job's workspace as working directory (never a shell string). With ``image`` on
+    Kubernetes: the container's ``command`` (replaces the image's entrypoint)."""
     image: str | None = Field(default=None, min_length=1, max_length=512, validate_default=True)
+    """An OCI image reference; required by the Kubernetes runtime, ignored by the local runtime."""
     env: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     """Default parameters; a task's ``params`` are merged over them."""
@@ -468,8 +472,6 @@ class ServiceSpec(BaseModel):
             return self
         if not self.command and not self.image:
             raise ValueError(f"a {self.kind.value} service needs command (an argv list) or image")
-        if self.command and self.image:
-            raise ValueError("give either command or image, not both")
         if self.kind is ServiceKind.SERVER and (self.port is None or not self.health_path):
             raise ValueError("a server service needs port and health_path (e.g. 8000 and /healthz)")
         if self.url or self.method or self.headers:

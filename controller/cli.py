@@ -42,7 +42,9 @@ def serve(host: str | None, port: int | None) -> None:
     settings = serve_settings(settings, host=host, port=port)
     try:
         if settings.services_file is not None:
-            load_services_file(settings.services_file)  # fail here with one line, not in the lifespan
+            load_services_file(
+                settings.services_file, runtime=settings.runtime
+            )  # fail here with one line, not in the lifespan
         app = create_app(settings)
     except ControllerError as exc:
         raise click.ClickException(str(exc)) from exc

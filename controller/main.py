@@ -63,7 +63,7 @@ def _startup(settings: Settings) -> AppState:
     state = build_state(settings)
     try:
         if settings.services_file is not None:
-            specs = load_services_file(settings.services_file)
+            specs = load_services_file(settings.services_file, runtime=settings.runtime)
             with session_scope(state.session_factory) as session:
                 upsert_services(session, specs)
             log.info("services file loaded", path=str(settings.services_file), services=len(specs))

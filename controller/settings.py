@@ -161,8 +161,9 @@ class Settings(BaseSettings):
     controller checks it through the TokenReview API; ``task-token``: the per-task ``mlpt_`` token, in the
     attempt's Secret (for sidecars that read only ``MLPROV_TASK_TOKEN``)."""
     kubernetes_signing_secret: str = "mlprov-signing-identity"  # noqa: S105 - a Secret object name
-    """The Secret holding the signing identity (``mlprov keys init`` output), mounted as the sidecar's
-    ``MLPROV_HOME`` (read-only)."""
+    """The Secret holding the signing identity (``mlprov keys init`` output: keys ``signer.key``,
+    ``signer.pem``, ``chain.pem``, ``ca.pem``), mounted read-only as the sidecar's ``MLPROV_HOME`` with
+    ``items`` mapping them to ``keys/`` and ``trust/ca.pem`` (``k8s_objects.SIGNING_ITEMS``)."""
     kubernetes_sidecar_command: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["mlprov", "sidecar"])
     """The sidecar's argv inside ``kubernetes_sidecar_image``."""
     kubernetes_request_timeout: float = Field(default=10.0, gt=0)

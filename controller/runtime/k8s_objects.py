@@ -11,8 +11,8 @@ Per job attempt (docs/adr/0004-kubernetes-job-lifecycle.md):
   inputs' download URLs, which may be presigned: not for a ConfigMap) and, in ``task-token`` mode, the
   per-task token; owned by the Job (``ownerReferences``, patched once the Job's uid is known).
 
-Per ``server`` service and run: a **Deployment** (init container + server container, readiness probe on
-``health_path``) and a ClusterIP **Service** reachable as ``<name>.<namespace>.svc``.
+Per ``server`` service and run: a **Deployment** and a ClusterIP **Service**
+(:mod:`controller.runtime.k8s_server_objects`).
 
 Identity is by labels, never by name: ``app.kubernetes.io/managed-by=mlprov``, ``mlprov.io/task-id``,
 ``mlprov.io/attempt``, ``mlprov.io/run`` (a hash of dag_id and run_id: Airflow run IDs are not label
@@ -46,12 +46,12 @@ __all__ = [
     "LABEL_TASK",
     "MANAGED_SELECTOR",
     "SIDECAR_CONTAINER",
+    "SIGNING_ITEMS",
     "TOKEN_PATH",
     "WORKSPACE",
     "K8sJobSpec",
     "ObjectConfig",
     "attempt_selector",
-    "deployment_body",
     "identity_labels",
     "job_body",
     "object_name",
@@ -60,8 +60,6 @@ __all__ = [
     "resources_body",
     "run_hash",
     "secret_body",
-    "server_url",
-    "service_body",
 ]
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -83,6 +81,14 @@ ATTEMPT_DIR = "/etc/mlprov/attempt"
 HOME_DIR = "/etc/mlprov/home"
 TOKEN_DIR = "/var/run/secrets/mlprov"  # noqa: S105 - a mount path, not a secret
 TOKEN_PATH = f"{TOKEN_DIR}/token"
+SIGNING_ITEMS = (
+    ("signer.key", "keys/signer.key"),
+    ("signer.pem", "keys/signer.pem"),
+    ("chain.pem", "keys/chain.pem"),
+    ("ca.pem", "trust/ca.pem"),
+)
+"""Signing Secret key -> path under the sidecar's ``MLPROV_HOME``: the layout of ``provenance.keys.identity_paths``
+(the Secret holds the flat output of ``mlprov keys init`` without the CA key)."""
 _NON_ROOT_UID = 65532  # the distroless "nonroot" user; images built for the restricted profile use it
 _JOB_ENV_ALLOW = ("MLPROV_TASK_ID", "MLPROV_ATTEMPT", "MLPROV_DAG_ID", "MLPROV_RUN_ID", "MLPROV_CONTROLLER_URL")
 _SIDECAR_ONLY = ("MLPROV_TASK_TOKEN", "MLPROV_HOME")
@@ -263,6 +269,16 @@ def _token_volume(config: ObjectConfig) -> dict[str, Any]:
     return {"name": "mlprov-token", "projected": {"sources": [{"serviceAccountToken": projection}]}}
 
 
+def _signing_volume(config: ObjectConfig) -> dict[str, Any]:
+    """The signing Secret as the sidecar's read-only ``MLPROV_HOME`` (``keys/``, ``trust/``); group-readable
+    only (the pod's ``fsGroup``), never world-readable."""
+    items = [{"key": key, "path": path} for key, path in SIGNING_ITEMS]
+    return {
+        "name": "mlprov-home",
+        "secret": {"secretName": config.signing_secret, "defaultMode": 0o440, "items": items},
+    }
+
+
 def _init_container(config: ObjectConfig, spec: JobSpec, secret_name: str, pvc: str | None) -> dict[str, Any]:
     env = {
         "MLPROV_WORKSPACE": WORKSPACE,
@@ -356,7 +372,7 @@ def _pod_spec(
     ]
     if sidecar:
         init.append(_sidecar_container(config, spec, secret_name, pvc))
-        volumes.append({"name": "mlprov-home", "secret": {"secretName": config.signing_secret}})
+        volumes.append(_signing_volume(config))
     pull = [*config.image_pull_secrets, *(options.image_pull_secrets if options else [])]
     pod: dict[str, Any] = {
         "restartPolicy": restart_policy,
@@ -491,54 +507,3 @@ def pvc_body(config: ObjectConfig, spec: K8sJobSpec, name: str) -> dict[str, Any
     if ws.storage_class:
         body["spec"]["storageClassName"] = ws.storage_class
     return body
-
-
-def deployment_body(config: ObjectConfig, spec: K8sJobSpec, name: str) -> dict[str, Any]:
-    """A run's ``server``: one replica, selected by its identity labels, ready when ``health_path`` answers."""
-    labels = identity_labels(spec, "server")
-    notes = _annotations(spec, spec.kubernetes)
-    selector = {k: labels[k] for k in (LABEL_MANAGED_BY, LABEL_TASK, LABEL_ATTEMPT, LABEL_KIND)}
-    pod = _pod_spec(
-        config,
-        spec,
-        name,
-        pvc=None,
-        sidecar=False,
-        restart_policy="Always",
-        port=spec.port or 8080,
-        health_path=spec.health_path,
-    )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _metadata(name, config.namespace, labels, notes),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": _pod_labels(spec, labels), **({"annotations": notes} if notes else {})},
-                "spec": pod,
-            },
-        },
-    }
-
-
-def service_body(config: ObjectConfig, spec: K8sJobSpec, name: str) -> dict[str, Any]:
-    labels = identity_labels(spec, "server")
-    selector = {k: labels[k] for k in (LABEL_MANAGED_BY, LABEL_TASK, LABEL_ATTEMPT, LABEL_KIND)}
-    port = spec.port or 8080
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _metadata(name, config.namespace, labels, {}),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector,
-            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
-        },
-    }
-
-
-def server_url(config: ObjectConfig, name: str, port: int) -> str:
-    """How the controller and the run's jobs reach a server: its Service's cluster DNS name."""
-    return f"http://{name}.{config.namespace}.svc:{port}"

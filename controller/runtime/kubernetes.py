@@ -47,16 +47,14 @@ from controller.runtime.k8s_objects import (
     K8sJobSpec,
     ObjectConfig,
     attempt_selector,
-    deployment_body,
     job_body,
     object_name,
     owner_patch,
     pvc_body,
     run_hash,
     secret_body,
-    server_url,
-    service_body,
 )
+from controller.runtime.k8s_server_objects import deployment_body, server_url, service_body
 from controller.runtime.k8s_watch import ResourceWatch, iter_lines
 
 if TYPE_CHECKING:
@@ -522,9 +520,12 @@ class KubernetesRuntime:
             return None
         name = f"mlprov-ws-{run_hash(spec.labels.get('dag_id'), spec.labels.get('run_id'))[:20]}"
         try:
-            self._core.create_namespaced_persistent_volume_claim(
-                self._ns, pvc_body(self.config, spec, name), _request_timeout=self._timeout
+            response = self._core.create_namespaced_persistent_volume_claim(
+                self._ns, pvc_body(self.config, spec, name), _preload_content=False, _request_timeout=self._timeout
             )
+            release = getattr(response, "release_conn", None)
+            if callable(release):
+                release()
         except Exception as exc:
             if getattr(exc, "status", None) != 409:  # 409: the run's PVC exists already
                 raise JobLaunchError(f"cannot create the run's workspace PVC {name}: {api_error(exc)}") from exc

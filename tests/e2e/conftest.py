@@ -6,8 +6,8 @@ stage programs of ``tests/data/stages`` and a one-commit git repository holding 
 (and, for the restart test, restarts) the app on a given home and port.
 
 ``stack`` is ``make up``'s services (controller, Airflow, MLflow) on free loopback ports, started once per
-session for the tests that drive Airflow over its REST API (tests/e2e/test_pipeline_test.py; a module
-that defines its own ``stack`` fixture overrides this one).
+session for the tests that drive Airflow over its REST API (tests/e2e/test_pipeline_test.py and
+tests/e2e/test_browser.py).
 """
 
 from __future__ import annotations
@@ -247,7 +247,8 @@ def code_repo(tmp_path: Path) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """``make up``'s stack on free ports with the sidecar on (every output signed), once per session."""
+    """``make up``'s stack on free ports with the sidecar on (every output signed), once per session
+    (the browser check and the pipeline test share it)."""
     ports = [free_port() for _ in range(3)]
     while len(set(ports)) < 3:
         ports = [free_port() for _ in range(3)]

@@ -14,13 +14,11 @@ loopback server sets that cookie and redirects to the Airflow page (cookies are 
 from __future__ import annotations
 
 import http.server
-import socket
 import struct
 import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -29,7 +27,7 @@ import httpx
 import numpy as np
 import pytest
 
-from controller.stack import DAG_ID, Stack, StackConfig, airflow_token
+from controller.stack import DAG_ID, Stack, airflow_token
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
@@ -45,35 +43,6 @@ pytestmark = [
         not CHROMIUM.exists(), reason="needs Debian's chromium (/usr/bin/chromium); .ci/run installs it"
     ),
 ]
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    controller, airflow, mlflow = _free_ports(3)
-    config = StackConfig(
-        root=REPO,
-        home=tmp_path_factory.mktemp("stack-home"),
-        ports={"controller": controller, "airflow": airflow, "mlflow": mlflow},
-        extra_env={"MLPROV_SIDECAR": "true"},  # as `make up`: every output signed
-        timeout=240.0,
-    )
-    running = Stack(config, echo=lambda _line: None)
-    try:
-        running.up()
-        yield running
-    finally:
-        running.stop_started()
 
 
 # -- PNG --------------------------------------------------------------------------------------------

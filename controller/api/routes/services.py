@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.api.deps import AdminDep, ReaderDep, SessionDep
-from controller.catalog import ServiceSpec
+from controller.api.deps import AdminDep, ReaderDep, SessionDep, SettingsDep
+from controller.catalog import ServiceSpec, validate_for_runtime
 from controller.errors import InvalidInputError
 from controller.store import services_repo
 from controller.store.models import Service
@@ -39,10 +40,19 @@ def list_services(session: SessionDep, _: ReaderDep) -> list[ServiceSpec]:
     response_model=ServiceSpec,
     responses={**_ERRORS, 409: {"description": "a service with this name exists"}},
 )
-def create_service(spec: ServiceSpec, session: SessionDep, _: AdminDep) -> ServiceSpec:
-    created = services_repo.create_service(session, spec)
+def create_service(spec: ServiceSpec, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ServiceSpec:
+    created = services_repo.create_service(session, _for_runtime(spec, settings.runtime))
     session.commit()
     return created
+
+
+def _for_runtime(spec: ServiceSpec, runtime: str) -> ServiceSpec:
+    """``spec`` checked for what the controller's runtime needs (on Kubernetes: an image, Job-valid fields),
+    so a spec that cannot run is refused at registration (422 naming the field), not at launch."""
+    try:
+        return validate_for_runtime(spec, runtime)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 class ValidateRequest(BaseModel):
@@ -73,10 +83,10 @@ def _problems(exc: ValidationError) -> list[str]:
     ]
 
 
-def _check(session: SessionDep, index: int, entry: Any, seen: set[str]) -> ServiceCheck:
+def _check(session: SessionDep, runtime: str, index: int, entry: Any, seen: set[str]) -> ServiceCheck:
     name = entry.get("name") if isinstance(entry, dict) and isinstance(entry.get("name"), str) else None
     try:
-        spec = ServiceSpec.model_validate(entry)
+        spec = ServiceSpec.model_validate(entry, context={"runtime": runtime})
     except ValidationError as exc:
         return ServiceCheck(index=index, name=name, action="invalid", errors=_problems(exc))
     except InvalidInputError as exc:  # the name rule (400 on registration)
@@ -92,10 +102,10 @@ def _check(session: SessionDep, index: int, entry: Any, seen: set[str]) -> Servi
 
 
 @router.post("/validate", response_model=ValidateResult)
-def validate_services(body: ValidateRequest, session: SessionDep, _: AdminDep) -> ValidateResult:
+def validate_services(body: ValidateRequest, session: SessionDep, settings: SettingsDep, _: AdminDep) -> ValidateResult:
     """Dry run: would registering these entries succeed, and would each create or update? Writes nothing."""
     seen: set[str] = set()
-    checks = [_check(session, i, entry, seen) for i, entry in enumerate(body.services)]
+    checks = [_check(session, settings.runtime, i, entry, seen) for i, entry in enumerate(body.services)]
     session.rollback()
     return ValidateResult(ok=all(c.action != "invalid" for c in checks), services=checks)
 
@@ -106,8 +116,10 @@ def get_service(name: str, session: SessionDep, _: ReaderDep) -> ServiceSpec:
 
 
 @router.put("/{name:path}", response_model=ServiceSpec, responses={**_ERRORS, 409: {"description": "rename"}})
-def replace_service(name: str, spec: ServiceSpec, session: SessionDep, _: AdminDep) -> ServiceSpec:
-    replaced = services_repo.replace_service(session, name, spec)
+def replace_service(
+    name: str, spec: ServiceSpec, session: SessionDep, settings: SettingsDep, _: AdminDep
+) -> ServiceSpec:
+    replaced = services_repo.replace_service(session, name, _for_runtime(spec, settings.runtime))
     session.commit()
     return replaced
 

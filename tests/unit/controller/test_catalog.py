@@ -28,6 +28,7 @@ JOB: dict[str, Any] = {"name": "train", "kind": "job", "command": ["python", "tr
     [
         {"name": "a", "command": ["true"]},
         {"name": "ingest.v2_x-1", "image": "ghcr.io/org/ingest@sha256:" + "0" * 64},
+        {"name": "both", "command": ["python", "-m", "train"], "image": "ghcr.io/org/train:1.0"},
         {"name": "api", "kind": "server", "command": ["uvicorn", "app:app"], "port": 8000, "health_path": "/healthz"},
         {"name": "legacy", "kind": "external", "url": "http://10.0.0.5:8080/run", "method": "POST"},
         {
@@ -52,7 +53,6 @@ def test_valid_specs(body: dict[str, Any]) -> None:
     ("body", "hint"),
     [
         ({"name": "x"}, "command (an argv list) or image"),
-        ({"name": "x", "command": ["a"], "image": "i"}, "either command or image"),
         ({"name": "x", "kind": "server", "command": ["a"]}, "port and health_path"),
         ({"name": "x", "kind": "server", "command": ["a"], "port": 80, "health_path": "healthz"}, "health_path"),
         ({"name": "x", "kind": "external", "url": "http://h/"}, "url (http(s)://...) and method"),

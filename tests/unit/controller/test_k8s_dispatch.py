@@ -226,3 +226,40 @@ def test_a_server_becomes_a_deployment_and_service_reached_by_cluster_dns(env: E
     env.apps.delete_namespaced_deployment.assert_called_once_with(
         name, NS, _preload_content=False, _request_timeout=10.0, propagation_policy="Background"
     )
+
+
+def test_pod_logs_stream_into_the_log_bus_with_the_tasks_identity(env: Env) -> None:
+    class Lines(Resp):
+        def __init__(self, lines: list[str]) -> None:
+            super().__init__()
+            self.lines = lines
+
+        def stream(self, amt: int) -> Any:
+            return iter([(line + "\n").encode() for line in self.lines])
+
+    logs = {"job": ["2026-12-07T07:00:01Z epoch 1 loss 0.5"], "mlprov-sidecar": ['2026-12-07T07:00:02Z {"ok": true}'],
+            "mlprov-init": ["2026-12-07T07:00:00Z workspace ready"]}  # fmt: skip
+    env.core.read_namespaced_pod_log.side_effect = lambda pod, ns, container, **kw: Lines(logs[container])
+    tid = env.submit("train", run=RunIdentity(dag_id="d", run_id="r", task_id="t", try_number=1))
+    env.wait_state(tid, "running")
+    job = env.batch.create_namespaced_job.call_args.args[1]
+    labels = job["metadata"]["labels"]
+    done = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    pod = {"metadata": {"name": "p-1", "labels": labels},
+           "status": {"initContainerStatuses": [{"name": "mlprov-init", "state": done},
+                                                {"name": "mlprov-sidecar", "state": done}],
+                      "containerStatuses": [{"name": "job", "state": done}]}}  # fmt: skip
+    env.core.list_namespaced_pod.return_value = Resp({"items": [pod]})
+    env.runtime.on_job_event("MODIFIED", {**job, "status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+    env.wait_state(tid, "succeeded")
+    lines = {(r.component, r.message) for r in env.bus.records if r.task_id == tid and r.event is None}
+    assert ("job", "epoch 1 loss 0.5") in lines
+    assert ("sidecar", '{"ok": true}') in lines
+    assert ("job", "workspace ready") in lines
+    for container in logs:
+        env.core.read_namespaced_pod_log.assert_any_call(
+            "p-1", NS, container=container, follow=True, timestamps=True, _preload_content=False,
+            _request_timeout=(10.0, 3600),
+        )  # fmt: skip
+    record = next(r for r in env.bus.records if r.message == "epoch 1 loss 0.5")
+    assert (record.run_id, record.dag_id, record.stream) == ("r", "d", "stdout")

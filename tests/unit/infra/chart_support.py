@@ -61,7 +61,8 @@ def runtime_objects(workspace: Path) -> list[dict[str, Any]]:
     """A Job and a `server` Deployment exactly as the Kubernetes runtime builds them
     (controller/runtime/k8s_objects.py), configured as the chart configures the controller, so the
     chart's NetworkPolicies and AuthorizationPolicies are checked against the pods they are for."""
-    from controller.runtime.k8s_objects import K8sJobSpec, ObjectConfig, deployment_body, job_body
+    from controller.runtime.k8s_objects import K8sJobSpec, ObjectConfig, job_body
+    from controller.runtime.k8s_server_objects import deployment_body
 
     config = ObjectConfig(
         namespace=NAMESPACE,
