@@ -329,15 +329,153 @@ def _assertion(v: Any, path: str) -> dict[str, Any]:
     return {tag: fn(_dict(body, where), where)}
 
 
-def canonical_claim(v: Any, path: str = "claim") -> dict[str, Any]:
-    """The claim as ClaimV2 serialises it (see the module docstring)."""
+# --- shared mode: parts already in canonical form are used as they are ------------------------------
+# A manifest written by mlprov or by serde is already in struct order with the right types almost
+# everywhere, so ``share=True`` checks each part and, when it is exactly what its builder would
+# return (same keys in the same order, the same exact types), uses the part itself instead of
+# building an equal copy. The result is equal to the copying form, type for type and key order for
+# key order (tests/unit/provenance/test_canonical_fast.py), but shares objects with the input.
+
+_INGREDIENT_KEYS = ("title", "relationship", "dc:format", "document_id", "instance_id", "data", "linked_ingredient")
+_INGREDIENT_DATA_KEYS = ("url", "alg", "hash", "data_types", "linked_ingredient_url", "linked_ingredient_hash")
+_LINKED_KEYS = ("url", "hash", "media_type")
+_AUTHOR_KEYS = ("@type", "name")
+_CREATIVE_KEYS = ("@context", "@type", "author")
+_ACTION_KEYS = ("action", "software_agent", "parameters", "digital_source_type", "instance_id")
+_CUSTOM_KEYS = ("label", "data")
+_XREF_KEYS = ("manifest_url", "manifest_hash")
+_XREF_KEYS_MEDIA = ("manifest_url", "manifest_hash", "media_type")
+
+
+def _value_as_is(v: Any) -> bool:
+    """True when :func:`_value` would return a value equal to ``v`` (keys already sorted, no floats)."""
+    t = type(v)
+    if t is str or v is None or t is bool:
+        return True
+    if t is dict:
+        prev: str | None = None
+        for k, x in v.items():
+            if type(k) is not str or (prev is not None and k <= prev):
+                return False
+            prev = k
+            tx = type(x)
+            if not (tx is str or x is None or tx is bool or _value_as_is(x)):
+                return False
+        return True
+    if t is list:
+        return all(type(x) is str or x is None or type(x) is bool or _value_as_is(x) for x in v)
+    if t is int:
+        return bool(_INT_MIN <= v <= _INT_MAX)
+    return False  # floats become markers; anything else is refused by _value
+
+
+def _ingredient_as_is(d: Any) -> bool:
+    if type(d) is not dict or tuple(d) != _INGREDIENT_KEYS:
+        return False
+    data, linked = d["data"], d["linked_ingredient"]
+    if type(data) is not dict or tuple(data) != _INGREDIENT_DATA_KEYS:
+        return False
+    types, lurl, lhash = data["data_types"], data["linked_ingredient_url"], data["linked_ingredient_hash"]
+    return (
+        type(d["title"]) is str
+        and type(d["relationship"]) is str
+        and type(d["dc:format"]) is str
+        and type(d["document_id"]) is str
+        and type(d["instance_id"]) is str
+        and type(data["url"]) is str
+        and type(data["alg"]) is str
+        and type(data["hash"]) is str
+        and type(types) is list
+        and all(type(t) is str and t in ASSET_TYPES for t in types)
+        and (lurl is None or type(lurl) is str)
+        and (lhash is None or type(lhash) is str)
+        and (
+            linked is None
+            or (
+                type(linked) is dict
+                and tuple(linked) == _LINKED_KEYS
+                and type(linked["url"]) is str
+                and type(linked["hash"]) is str
+                and type(linked["media_type"]) is str
+            )
+        )
+    )
+
+
+def _creative_as_is(d: dict[str, Any]) -> bool:
+    authors = d.get("author")
+    return (
+        tuple(d) == _CREATIVE_KEYS
+        and type(d["@context"]) is str
+        and type(d["@type"]) is str
+        and type(authors) is list
+        and all(
+            type(a) is dict and tuple(a) == _AUTHOR_KEYS and type(a["@type"]) is str and type(a["name"]) is str
+            for a in authors
+        )
+    )
+
+
+def _action_item_as_is(a: Any) -> bool:
+    if type(a) is not dict or tuple(a) != _ACTION_KEYS:
+        return False
+    agent, params, source, iid = a["software_agent"], a["parameters"], a["digital_source_type"], a["instance_id"]
+    return (
+        type(a["action"]) is str
+        and (agent is None or type(agent) is str)
+        and (params is None or _value_as_is(params))
+        and (source is None or type(source) is str)
+        and (iid is None or type(iid) is str)
+    )
+
+
+def _action_as_is(d: dict[str, Any]) -> bool:
+    actions = d.get("actions")
+    return len(d) == 1 and type(actions) is list and all(_action_item_as_is(a) for a in actions)
+
+
+def _custom_as_is(d: dict[str, Any]) -> bool:
+    return tuple(d) == _CUSTOM_KEYS and type(d["label"]) is str and _value_as_is(d["data"])
+
+
+_AS_IS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "Action": _action_as_is,
+    "CreativeWork": _creative_as_is,
+    "CustomAssertion": _custom_as_is,
+}
+
+
+def _assertion_shared(v: Any, path: str) -> dict[str, Any]:
+    if type(v) is dict and len(v) == 1:
+        ((tag, body),) = v.items()
+        check = _AS_IS.get(tag)
+        if check is not None and type(body) is dict and check(body):
+            return v
+    return _assertion(v, path)
+
+
+def _ingredient_shared(v: Any, path: str) -> dict[str, Any]:
+    return v if _ingredient_as_is(v) else _ingredient(v, path)
+
+
+def _cross_reference_shared(v: Any, path: str) -> dict[str, Any]:
+    if type(v) is dict and type(v.get("manifest_url")) is str and type(v.get("manifest_hash")) is str:
+        keys = tuple(v)
+        if keys == _XREF_KEYS or (keys == _XREF_KEYS_MEDIA and type(v["media_type"]) is str):
+            return v
+    return _cross_reference(v, path)
+
+
+def canonical_claim(v: Any, path: str = "claim", *, share: bool = False) -> dict[str, Any]:
+    """The claim as ClaimV2 serialises it (see the module docstring); ``share``: see :func:`canonical_manifest`."""
     d = _dict(v, path)
     assertions = _list(d.get("created_assertions"), path, "created_assertions")
     ingredients = _list(d.get("ingredients"), path, "ingredients")
+    assertion, ingredient = (_assertion_shared, _ingredient_shared) if share else (_assertion, _ingredient)
     return {
         "instance_id": _str(d.get("instance_id"), path, "instance_id"),
-        "created_assertions": [_assertion(a, f"{path}.created_assertions[{i}]") for i, a in enumerate(assertions)],
-        "ingredients": [_ingredient(g, f"{path}.ingredients[{i}]") for i, g in enumerate(ingredients)],
+        "created_assertions": [assertion(a, f"{path}.created_assertions[{i}]") for i, a in enumerate(assertions)],
+        "ingredients": [ingredient(g, f"{path}.ingredients[{i}]") for i, g in enumerate(ingredients)],
         "signature": _opt_str(d.get("signature"), path, "signature"),
         "claim_generator_info": _str(d.get("claim_generator_info"), path, "claim_generator_info"),
         "created_at": normalise_timestamp(d.get("created_at"), path, "created_at"),
@@ -356,29 +494,36 @@ def _cross_reference(v: Any, path: str) -> dict[str, Any]:
     return out
 
 
-def canonical_cross_references(v: Any, path: str = "cross_references") -> list[dict[str, Any]]:
-    return [_cross_reference(x, f"{path}[{i}]") for i, x in enumerate(_list(v, path))]
+def canonical_cross_references(v: Any, path: str = "cross_references", *, share: bool = False) -> list[dict[str, Any]]:
+    make = _cross_reference_shared if share else _cross_reference
+    return [make(x, f"{path}[{i}]") for i, x in enumerate(_list(v, path))]
 
 
-def canonical_manifest(v: Any) -> dict[str, Any]:
-    """The manifest as Atlas's ``Manifest`` struct serialises it; :class:`InvalidInputError` if it cannot."""
+def canonical_manifest(v: Any, *, share: bool = False) -> dict[str, Any]:
+    """The manifest as Atlas's ``Manifest`` struct serialises it; :class:`InvalidInputError` if it cannot.
+
+    ``share=True`` (for readers such as the chain verifier) gives an equal form that uses the parts of
+    ``v`` already in canonical form as they are: cheaper, but neither may be changed while the
+    other is in use. The default builds a form that shares nothing with ``v``.
+    """
     d = _dict(v, "manifest")
     is_active = d.get("is_active")
     if type(is_active) is not bool:
         raise _fail("is_active", "missing or not a boolean")
     claim_v2 = d.get("c2pa.claim.v2")
-    claim = canonical_claim(d.get("claim"))
+    claim = canonical_claim(d.get("claim"), share=share)
     if claim_v2 is None:
         claim_v2_canonical = None
     elif claim_v2 == d.get("claim"):  # the usual case: an identical copy (compared in C)
         claim_v2_canonical = claim
     else:
-        claim_v2_canonical = canonical_claim(claim_v2, "c2pa.claim.v2")
+        claim_v2_canonical = canonical_claim(claim_v2, "c2pa.claim.v2", share=share)
     raw_ingredients = _list(d.get("ingredients"), "ingredients")
     if raw_ingredients and raw_ingredients == d["claim"]["ingredients"]:  # the usual copy (compared in C)
         top_ingredients = claim["ingredients"]
     else:
-        top_ingredients = [_ingredient(g, f"ingredients[{i}]") for i, g in enumerate(raw_ingredients)]
+        ingredient = _ingredient_shared if share else _ingredient
+        top_ingredients = [ingredient(g, f"ingredients[{i}]") for i, g in enumerate(raw_ingredients)]
     return {
         "claim_generator": _str(d.get("claim_generator"), "claim_generator"),
         "title": _str(d.get("title"), "title"),
@@ -386,7 +531,7 @@ def canonical_manifest(v: Any) -> dict[str, Any]:
         "ingredients": top_ingredients,
         "claim": claim,
         "created_at": normalise_timestamp(d.get("created_at"), "created_at"),
-        "cross_references": canonical_cross_references(d.get("cross_references")),
+        "cross_references": canonical_cross_references(d.get("cross_references"), share=share),
         "c2pa.claim.v2": claim_v2_canonical,
         "is_active": is_active,
     }
@@ -478,16 +623,38 @@ _json_string: Callable[[str], str] = json.encoder.encode_basestring
 _STR_ONLY: frozenset[type] = frozenset({str})
 
 
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+#: ``_JSON``'s C encoder, made once: ``JSONEncoder.encode`` builds a new one on every call, which
+#: costs more than encoding a small assertion. Same settings, so the same text.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode: Callable[[Any, int], Any] | None = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(None, _no_default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+)
+
+
 def compact_json(canonical: Any) -> str:
     """``serde_json::to_string`` of a canonical form."""
     try:
+        if _c_encode is not None and type(canonical) in (dict, list):
+            return "".join(_c_encode(canonical, 0))
         return _JSON.encode(canonical)
     except TypeError:  # a float marker: format it as ryu does
         return _compact_json_with_floats(canonical)
 
 
-def manifest_json(canonical: dict[str, Any]) -> str:
-    """:func:`compact_json` of a canonical manifest, encoding the claim once when its copy is the same."""
+def manifest_json(
+    canonical: dict[str, Any], *, claim_json: str | None = None, ingredients_json: str | None = None
+) -> str:
+    """:func:`compact_json` of a canonical manifest, encoding the claim once when its copy is the same.
+
+    ``claim_json`` / ``ingredients_json``: :func:`compact_json` of the claim / of the top-level
+    ingredients when the caller has them already (:class:`provenance.cbor_claim.ClaimEncoder`).
+    """
     claim = canonical.get("claim")
     if claim is None or canonical.get("c2pa.claim.v2") is not claim or tuple(canonical) != _MANIFEST_KEYS:
         return compact_json(canonical)
@@ -498,7 +665,8 @@ def manifest_json(canonical: dict[str, Any]) -> str:
     # The key order is fixed, so the text is assembled around the claim's JSON (encoded once, used
     # twice); strings go through the encoder's own string function, so every byte is the same.
     generator, title, instance_id, created_at = map(_json_string, strings)
-    claim_json = compact_json(claim)
+    if claim_json is None:
+        claim_json = compact_json(claim)
     return "".join(
         (
             '{"claim_generator":',
@@ -508,7 +676,7 @@ def manifest_json(canonical: dict[str, Any]) -> str:
             ',"instance_id":',
             instance_id,
             ',"ingredients":',
-            compact_json(canonical["ingredients"]),
+            compact_json(canonical["ingredients"]) if ingredients_json is None else ingredients_json,
             ',"claim":',
             claim_json,
             ',"created_at":',

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from provenance import manifest as _manifest_module
 from provenance.canonical import canonical_claim, canonical_manifest, cbor_bytes
+from provenance.cbor_claim import ClaimEncoder
 from provenance.errors import InvalidInputError, SignatureError
 from provenance.keys import HashName, PublicKey, SigningIdentity, TrustStore, verify_bytes
 from provenance.manifest import format_timestamp, manifest_hash, new_manifest_id
@@ -114,10 +115,12 @@ class SignatureVerifier:
     """Verifies manifest signatures against one trust store, remembering resolved signer chains.
 
     A chain of verifications (the same signer on every node) then parses and path-validates the
-    certificate chain once. Make a new one when the trust store changes.
+    certificate chain once. Make a new one when the trust store changes. Its ``encoder`` encodes the
+    claims it checks, the signer assertion once (the chain verifier uses it for link hashes too).
     """
 
     trust: TrustStore
+    encoder: ClaimEncoder = field(default_factory=lambda: ClaimEncoder(unique_labels=(BINDING_LABEL,)))
     _resolved: dict[tuple[str, tuple[str, ...]], tuple[PublicKey, str | None]] = field(default_factory=dict)
     _infos: dict[tuple[str, tuple[str, ...], str], SignerInfo] = field(default_factory=dict)
 
@@ -137,15 +140,20 @@ class SignatureVerifier:
         self._resolved[cache_key] = (public_key, subject)
         return public_key, subject
 
-    def verify(self, manifest: dict[str, Any], *, canonical: dict[str, Any] | None = None) -> SignerInfo:
+    def verify(
+        self, manifest: dict[str, Any], *, canonical: dict[str, Any] | None = None, signed_bytes: bytes | None = None
+    ) -> SignerInfo:
         """Check one manifest's signature; see :func:`verify_manifest_signature`.
 
         ``canonical`` is :func:`~provenance.canonical.canonical_manifest` of ``manifest`` when the
-        caller has it already (the chain verifier computes it once per node for hashing too).
+        caller has it already (the chain verifier computes it once per node for hashing too), and
+        ``signed_bytes`` the CBOR of its claim with ``signature`` null (:meth:`ClaimEncoder.encode`
+        of ``canonical["claim"]``), which must then come from that same ``canonical``.
         """
         if canonical is None:
+            signed_bytes = None
             try:
-                canonical = canonical_manifest(manifest)
+                canonical = canonical_manifest(manifest, share=True)
             except InvalidInputError as exc:
                 raise SignatureError(f"cannot be encoded as Atlas signs it: {exc}") from None
         claim = canonical["claim"]
@@ -173,9 +181,9 @@ class SignatureVerifier:
             signature = base64.b64decode(signature_b64, validate=True)
         except (binascii.Error, ValueError):
             raise SignatureError("claim.signature is not base64") from None
-        unsigned = dict(claim)
-        unsigned["signature"] = None
-        verify_bytes(public_key, signature, cbor_bytes(unsigned), hash_alg)
+        if signed_bytes is None:
+            signed_bytes = self.encoder.encode(claim)[1]
+        verify_bytes(public_key, signature, signed_bytes, hash_alg)
         self._check_binding(canonical, [c["data"] for c in customs if c["label"] == BINDING_LABEL])
         algorithm = str(signer.get("algorithm", ""))
         info_key = (key_id, chain, algorithm)

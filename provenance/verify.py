@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 
 import structlog
 
-from provenance.canonical import canonical_manifest, manifest_json
+from provenance.canonical import canonical_manifest
 from provenance.errors import InvalidInputError, ManifestNotFoundError, ProvenanceError, VerificationError
 from provenance.hashing import hash_path
 from provenance.keys import TrustStore
@@ -104,9 +104,13 @@ class _ChainVerifier:
         # content; nothing outlives the walk. Canonical forms are kept only from the link check that
         # first reaches a manifest until that manifest's own check (then dropped: fewer live objects,
         # less garbage-collector work); link hashes are kept per (ID, algorithm) for later links to it.
+        # The CBOR a manifest's signature covers is made with its manifest JSON (one pass over the
+        # claim, :class:`~provenance.cbor_claim.ClaimEncoder`) and kept until that manifest's check.
         self.fetched: dict[str, StoredManifest | None] = {}
         self.canonical: dict[str, dict[str, Any] | None] = {}
+        self.signed_bytes: dict[str, bytes] = {}
         self.link_hashes: dict[tuple[str, str], str | None] = {}
+        self.encoder = self.signatures.encoder
 
     # --- fetching and caching -----------------------------------------------------------------
 
@@ -123,8 +127,8 @@ class _ChainVerifier:
         ``keep=False`` takes it out of the memo (the node's own check is its last use)."""
         if stored.id in self.canonical:
             return self.canonical[stored.id] if keep else self.canonical.pop(stored.id)
-        try:
-            canonical: dict[str, Any] | None = canonical_manifest(stored.manifest)
+        try:  # shared: the walk only reads manifests, and each is fetched once
+            canonical: dict[str, Any] | None = canonical_manifest(stored.manifest, share=True)
         except InvalidInputError:
             canonical = None
         if keep:
@@ -136,9 +140,13 @@ class _ChainVerifier:
         key = (target.id, alg)
         if key not in self.link_hashes:
             canonical = self.canonical_of(target)
-            self.link_hashes[key] = (
-                None if canonical is None else _HASHERS[alg](manifest_json(canonical).encode()).hexdigest()
-            )
+            if canonical is None:
+                self.link_hashes[key] = None
+            else:
+                text, signed = self.encoder.encode_manifest(canonical)
+                if target.id in self.canonical:  # its own check is still to come
+                    self.signed_bytes[target.id] = signed
+                self.link_hashes[key] = _HASHERS[alg](text.encode()).hexdigest()
         return self.link_hashes[key]
 
     # --- per-node checks ----------------------------------------------------------------------
@@ -160,15 +168,17 @@ class _ChainVerifier:
             result.add(Check("structure", False, "manifest is not active"))
         else:
             result.add(Check("structure", True, "Atlas layout"))
-        self.check_signature(canonical, manifest, result)
+        self.check_signature(canonical, manifest, result, self.signed_bytes.pop(stored.id, None))
         self.check_ingredients(manifest, result)
         for extra in self.extra_checks:
             result.add(self.run_extra(extra, stored))
         return _Node(stored, result, canonical)
 
-    def check_signature(self, canonical: dict[str, Any], manifest: dict[str, Any], result: NodeResult) -> None:
+    def check_signature(
+        self, canonical: dict[str, Any], manifest: dict[str, Any], result: NodeResult, signed: bytes | None
+    ) -> None:
         try:
-            signer = self.signatures.verify(manifest, canonical=canonical)
+            signer = self.signatures.verify(manifest, canonical=canonical, signed_bytes=signed)
         except VerificationError as exc:
             result.add(Check("signature", False, str(exc)))
             return
