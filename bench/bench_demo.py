@@ -10,6 +10,12 @@ Reported per arm, median of ``--runs`` (default 3): the run's wall time (the Air
 included) and the tasks' span (first task submitted to the last one finished, from the controller).
 Target: median wall time with provenance <= 1.05x without.
 
+Also per arm, where the tasks' time went (sum over a run's tasks, median over runs), from the task JSON
+and the launcher's ``exit.json`` in each task's workspace: ``dispatch`` (submitted -> launcher started),
+``job`` (the stage process), ``after exit`` (job exit -> launcher done: the sidecar's flush of the last
+outputs), ``mark`` (launcher done -> the controller's ``finished_at``), ``between`` (a task finished ->
+the next one submitted: Airflow and the operator).
+
 Run: ``.venv/bin/python -m bench.bench_demo [--runs 3] [--warmup 0]`` (from the repository root).
 """
 
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
+import json
 import statistics
 import sys
 import tempfile
@@ -25,6 +33,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from controller.demo import DAG_ID, ControllerProcess, airflow_env, ensure_keys, migrate_airflow, run_dag
 
@@ -41,6 +50,7 @@ class Arm:
     env: dict[str, str]
     walls: list[float] = field(default_factory=list)
     spans: list[float] = field(default_factory=list)
+    phases: list[dict[str, float]] = field(default_factory=list)
 
     def run(self, number: int, record: bool) -> None:
         home = self.controller.home
@@ -56,10 +66,33 @@ class Arm:
         if record:
             self.walls.append(result.seconds)
             self.spans.append(span)
+            self.phases.append(_phases(home, tasks))
 
 
 def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+PHASES = ("dispatch", "job", "after exit", "mark", "between")
+
+
+def _phases(home: Path, tasks: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per phase summed over one run's tasks (see the module docstring)."""
+    out = dict.fromkeys(PHASES, 0.0)
+    ordered = sorted(tasks, key=lambda t: _ts(t["submitted_at"]))
+    for task in ordered:
+        exit_file = home / "work" / task["id"] / ".job-1" / "exit.json"
+        try:
+            ended = json.loads(exit_file.read_text())
+        except (OSError, ValueError):
+            continue
+        out["dispatch"] += ended["started_at"] - _ts(task["submitted_at"])
+        out["job"] += ended["job_finished_at"] - ended["started_at"]
+        out["after exit"] += ended["finished_at"] - ended["job_finished_at"]
+        out["mark"] += _ts(task["finished_at"]) - ended["finished_at"]
+    for before, after in itertools.pairwise(ordered):
+        out["between"] += _ts(after["submitted_at"]) - _ts(before["finished_at"])
+    return out
 
 
 def _arm(stack: ExitStack, root: Path, label: str, sidecar: bool) -> Arm:
@@ -92,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(min {min(arm.walls):.1f}, max {max(arm.walls):.1f}); "
             f"median tasks span {statistics.median(arm.spans):6.1f} s"
         )
+        parts = ", ".join(f"{p} {statistics.median(r[p] for r in arm.phases):.2f}" for p in PHASES)
+        print(f"{'':<16} per run, summed over its tasks (s): {parts}")
     ratio = statistics.median(on.walls) / statistics.median(off.walls)
     span_ratio = statistics.median(on.spans) / statistics.median(off.spans)
     verdict = "OK" if ratio <= TARGET_RATIO else "ABOVE TARGET"

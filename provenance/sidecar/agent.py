@@ -6,14 +6,19 @@ Per artifact (:meth:`Sidecar.process`), in this order:
 2. hash once with sha256: a file's plain digest, a directory's OMS root digest without its completion
    marker (``_SUCCESS``); the same hex serves as artifact digest and ingredient hash;
 3. skip it if the ledger already holds this (name, digest): never two manifests for one artifact;
+   otherwise start uploading the bytes at once on the upload thread (the ``PUT`` is idempotent and only
+   stores content the controller re-hashes to this digest; no manifest names it yet), so the upload
+   overlaps the signing below instead of following it;
 4. for a model, sign the OMS bundle (same ``ignore`` as the hash, so its subject digest is checked
    against ours); build the Atlas manifest (kind mapping below), cross-referencing the task's input
    manifests and the code's software manifest, with the CustomAssertions of docs/sidecar-protocol.md
    section 3; sign it; sign the C2PA sidecar (a directory's is bound to its canonical listing);
-5. re-check the fingerprint: if the artifact changed since it was reported, nothing is kept (the
-   watcher reports the new version): a half-written file is never signed;
+5. re-check the fingerprint (for an artifact reported at its rename, not before rename +
+   ``recheck_interval``: :attr:`FinishedArtifact.confirm_at`): if the artifact changed since it was
+   reported, nothing is kept (the watcher reports the new version): a half-written file is never signed;
 6. ``spool.put`` (durable) then ``ledger.record_signed``; the spool's thread uploads the artifact
-   (``PUT``) and registers the manifest (``POST``), retrying with back-off; ``on_delivered`` marks it.
+   (``PUT``; skipped when the early upload of step 3 succeeded) and registers the manifest (``POST``),
+   retrying with back-off; ``on_delivered`` marks it.
 
 Kinds: model -> ``model``, dataset -> ``dataset``, evaluation -> ``evaluation`` (metrics read from the
 file when it is a JSON object), config/other -> a ``dataset`` manifest; the classification is always in
@@ -38,6 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +199,9 @@ class Sidecar:
             observer_factory=observer_factory,
         )
         self._exit = threading.Event()
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlprov-upload")
+        self._uploads: dict[str, Future[int]] = {}
+        self._uploads_lock = threading.Lock()
         self._failed: list[str] = []
         self._software_ref: SoftwareRef | None = None
         self._environment: dict[str, Any] | None = None
@@ -270,6 +279,7 @@ class Sidecar:
             self.watcher.stop()
             self.spool.stop()
         left = self.spool.drain(time.monotonic() + self.settings.drain_timeout)
+        self._uploader.shutdown(wait=False, cancel_futures=True)
         summary = self.summary()
         log.info("sidecar_done", ok=summary.ok, undelivered=summary.undelivered, spooled=len(left))
         return summary
@@ -296,7 +306,7 @@ class Sidecar:
             if item.kind == OUTPUT_KIND and any(i.kind == CODE_KIND for i in self.spool.pending()):
                 raise RetryableDeliveryError("waiting for the software manifest's registration first")
             upload = item.payload.get("upload")
-            if upload:
+            if upload and not self._uploaded_early(str(upload["digest"])):
                 self.client.upload_artifact(
                     upload["digest"],
                     Path(upload["path"]),
@@ -308,6 +318,35 @@ class Sidecar:
                 self.software.delivered(item, answer)
             elif answer["id"] != item.key:
                 log.warning("controller_answered_other_id", answered=answer["id"])
+
+    # -- early upload (upload thread) -------------------------------------------------------------------
+    def _upload_early(self, digest: str, path: Path, *, is_dir: bool, exclude: frozenset[str]) -> None:
+        """Start ``PUT``-ting the artifact now (step 3 of the module docstring); best effort: the spool's
+        delivery uploads it again if this fails."""
+
+        def upload() -> int:
+            return self.client.upload_artifact(digest, path, is_dir=is_dir, exclude_top_level=exclude)
+
+        with self._uploads_lock:
+            if digest in self._uploads:
+                return
+            try:
+                self._uploads[digest] = self._uploader.submit(upload)
+            except RuntimeError:  # shut down (the run is over): the spool uploads it
+                return
+
+    def _uploaded_early(self, digest: str) -> bool:
+        """Whether the early upload of ``digest`` succeeded (waiting for it if it is under way)."""
+        with self._uploads_lock:
+            future = self._uploads.pop(digest, None)
+        if future is None:
+            return False
+        try:
+            future.result(timeout=self.settings.http_timeout + 5.0)
+        except Exception as exc:  # any failure: the regular, retried upload follows
+            log.info("early_upload_failed", digest=digest, error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
 
     def _on_delivered(self, item: SpoolItem) -> None:
         if item.kind == OUTPUT_KIND:
@@ -353,6 +392,7 @@ class Sidecar:
             if existing is not None:
                 log.info("artifact_already_signed", manifest_id=existing.manifest_id)
                 return None
+            self._upload_early(digest, path, is_dir=artifact.is_dir, exclude=exclude)
             kind = asset_kind(classification)
             media_type = None if artifact.is_dir else classification.media_type
             ingredient = make_ingredient(
@@ -386,6 +426,8 @@ class Sidecar:
             manifest_id = str(signed["instance_id"])
             structlog.contextvars.bind_contextvars(manifest_id=manifest_id)
             c2pa = self._c2pa(path, listing, signed)
+            if artifact.confirm_at is not None:  # reported at its rename: re-check no earlier than planned
+                time.sleep(max(0.0, artifact.confirm_at - time.monotonic()))
             if fingerprint(path) != artifact.fingerprint:
                 raise _Changed("fingerprint differs from the one reported complete")
             body = {

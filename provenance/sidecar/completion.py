@@ -8,6 +8,10 @@ equal the previous one (the *re-check right before reporting*). An artifact is c
 
 * ``renamed``: it was renamed into place (a ``moved_to`` of a non-temporary name; a directory renamed
   into place counts too: that is the atomic-publish idiom) and is unchanged ``recheck_interval`` later;
+  with :attr:`CompletionRules.overlap_rename_recheck` it is reported at once instead, carrying
+  :attr:`FinishedArtifact.confirm_at`: the consumer (the sidecar) hashes and signs meanwhile and makes
+  its final fingerprint comparison no earlier than that time, so the same "unchanged ``recheck_interval``
+  after the rename" holds before anything is kept, without the wait on the capture's path;
 * ``marker``: it is a directory holding a completion marker (``_SUCCESS``, ``.complete``) at its top and
   is unchanged ``recheck_interval`` later; the marker itself is not part of the artifact (excluded
   from ``size``; :attr:`FinishedArtifact.marker` names it so the hasher can leave it out);
@@ -81,6 +85,9 @@ class CompletionRules:
     stable_interval: float = 2.0
     recheck_interval: float = 0.05
     exit_settle_interval: float = 0.3
+    overlap_rename_recheck: bool = False
+    """Report a renamed artifact at once with ``confirm_at`` = rename + ``recheck_interval`` (see the module
+    docstring); the consumer must not keep its work before comparing the fingerprint at or after that time."""
     markers: tuple[str, ...] = DEFAULT_MARKERS
     ignore: IgnoreRules = field(default_factory=IgnoreRules)
 
@@ -117,6 +124,9 @@ class FinishedArtifact:
     """Compare with :func:`fingerprint` after hashing: equal means the bytes hashed are the ones reported."""
     marker: str | None = None
     """Directory only: the marker file at its top, not part of the artifact."""
+    confirm_at: float | None = None
+    """Reported early (``overlap_rename_recheck``): the tracker-clock time (``time.monotonic`` in the watcher)
+    before which the final :func:`fingerprint` comparison must not be made. ``None``: already re-checked."""
 
 
 def _line(rel: str, st: os.stat_result) -> str:
@@ -278,7 +288,7 @@ class CompletionTracker:
             entry.generation += 1
             entry.reported = None
         entry.last, entry.since, entry.renamed = snap, now, True
-        entry.check_at = now + self.rules.recheck_interval
+        entry.check_at = now if self.rules.overlap_rename_recheck else now + self.rules.recheck_interval
 
     def removed(self, name: str) -> None:
         """``outputs/name`` is gone (deleted or renamed away)."""
@@ -352,8 +362,11 @@ class CompletionTracker:
         # Unchanged since ``entry.since``: this stat is the re-check right before reporting.
         quiet = now - entry.since + 1e-9  # float times: 0.7 - 0.6 must count as 0.1
         reason: FinishReason | None = None
+        confirm_at: float | None = None
         if entry.renamed and quiet >= self.rules.recheck_interval:
             reason = "renamed"
+        elif entry.renamed and self.rules.overlap_rename_recheck:
+            reason, confirm_at = "renamed", entry.since + self.rules.recheck_interval
         elif snap.marker and quiet >= self.rules.recheck_interval:
             reason = "marker"
         elif self.exiting and quiet >= self.rules.exit_settle_interval:
@@ -375,4 +388,5 @@ class CompletionTracker:
             generation=entry.generation,
             fingerprint=snap.fingerprint,
             marker=snap.marker,
+            confirm_at=confirm_at,
         )

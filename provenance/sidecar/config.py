@@ -64,6 +64,9 @@ class SidecarSettings(BaseSettings):
     stable_interval: float = Field(default=2.0, gt=0)
     recheck_interval: float = Field(default=0.05, gt=0)
     exit_settle_interval: float = Field(default=0.3, gt=0)
+    overlap_rename_recheck: bool = True
+    """Sign a renamed artifact during its ``recheck_interval`` rather than after it (the fingerprint is still
+    compared at or after rename + ``recheck_interval`` before anything is kept; see completion.py)."""
     markers: ListFromEnv = Field(default_factory=lambda: list(DEFAULT_MARKERS))
     ignore_patterns: ListFromEnv = Field(default_factory=lambda: list(DEFAULT_IGNORE_PATTERNS))
     temp_patterns: ListFromEnv = Field(default_factory=lambda: list(DEFAULT_TEMP_PATTERNS))
@@ -142,6 +145,7 @@ class SidecarSettings(BaseSettings):
             stable_interval=self.stable_interval,
             recheck_interval=self.recheck_interval,
             exit_settle_interval=self.exit_settle_interval,
+            overlap_rename_recheck=self.overlap_rename_recheck,
             markers=tuple(self.markers),
             ignore=IgnoreRules(tuple(self.ignore_patterns), tuple(self.temp_patterns)),
         )

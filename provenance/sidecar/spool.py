@@ -54,19 +54,26 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers (and a restart after SIGKILL) see the old file or the new one, never half."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Write JSON so that readers (and a restart after SIGKILL) see the old file or the new one, never half.
+
+    ``durable``: ``fsync`` the file and its directory before returning (survives a power loss too).
+    Without it the rename is still atomic and survives the process being killed (the page cache is the
+    kernel's), at no disk-flush cost."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, sort_keys=True, separators=(",", ":"))
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -378,13 +385,13 @@ class ArtifactLedger:
                     f"sidecar state {self.path} is unreadable ({exc}); move it away to start afresh"
                 ) from exc
 
-    def _save(self) -> None:
+    def _save(self, *, durable: bool = True) -> None:
         data = {
             "version": self.VERSION,
             "artifacts": {n: [asdict(r) for r in rs] for n, rs in self._records.items()},
             "software": self._software,
         }
-        write_json_atomic(self.path, data)
+        write_json_atomic(self.path, data, durable=durable)
 
     def latest(self, name: str) -> ArtifactRecord | None:
         with self._lock:
@@ -416,18 +423,22 @@ class ArtifactLedger:
         return [r for r in self.records() if not r.delivered]
 
     def record_signed(self, artifact: FinishedArtifact, *, digest: str, manifest_id: str) -> ArtifactRecord:
-        """Remember that ``artifact`` (this generation and fingerprint) has manifest ``manifest_id``."""
-        record = ArtifactRecord(artifact.name, artifact.generation, artifact.fingerprint, digest, manifest_id)
-        return self._add(record)
+        """Remember that ``artifact`` (this generation and fingerprint) has manifest ``manifest_id``.
 
-    def _add(self, record: ArtifactRecord) -> ArtifactRecord:
+        Written without ``fsync`` (it survives a kill, not necessarily a power loss): the spool item put
+        just before holds the same record (:meth:`spool_meta`, durable), :meth:`reconcile` rebuilds it from
+        there, and :meth:`mark_delivered` saves durably before the spool forgets the item."""
+        record = ArtifactRecord(artifact.name, artifact.generation, artifact.fingerprint, digest, manifest_id)
+        return self._add(record, durable=False)
+
+    def _add(self, record: ArtifactRecord, *, durable: bool = True) -> ArtifactRecord:
         with self._lock:
             records = self._records.setdefault(record.name, [])
             for existing in records:
                 if existing.manifest_id == record.manifest_id or existing.digest == record.digest:
                     return existing
             records.append(record)
-            self._save()
+            self._save(durable=durable)
         return record
 
     def mark_delivered(self, manifest_id: str) -> bool:

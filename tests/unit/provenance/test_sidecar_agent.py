@@ -252,3 +252,54 @@ def test_unreachable_controller_is_retryable() -> None:
         pytest.raises(RetryableDeliveryError, match="unreachable"),
     ):
         client.find_software_manifest("r", "c")
+
+
+def _count_uploads(agent: Sidecar, fail_first: bool = False) -> list[str]:
+    """Wrap the agent's upload call: every digest uploaded (the first try of each fails if ``fail_first``)."""
+    calls: list[str] = []
+    real = agent.client.upload_artifact
+
+    def upload(digest: str, path: Path, **kwargs: Any) -> int:
+        calls.append(digest)
+        if fail_first and calls.count(digest) == 1:
+            raise RetryableDeliveryError("controller unreachable")
+        return real(digest, path, **kwargs)
+
+    agent.client.upload_artifact = upload  # type: ignore[method-assign]
+    return calls
+
+
+def test_the_upload_starts_while_signing_and_is_not_repeated(
+    tmp_path: Path, fake: FakeController, repo: Path, signer: tuple[Path, SigningIdentity, TrustStore]
+) -> None:
+    _, identity, _ = signer
+    workspace = tmp_path / "ws"
+    write_task(workspace, TASK_ID, repo=repo)
+    agent = make_agent(workspace, fake, identity)
+    calls = _count_uploads(agent)
+    with Running(agent) as running:
+        publish(workspace / "outputs" / "a.parquet", os.urandom(2048))
+        publish(workspace / "outputs" / "b.parquet", os.urandom(2048))
+        summary = running.finish()
+    assert summary.ok, summary
+    digests = {r.artifact["digest"] for r in fake.outputs() if r.artifact}
+    assert len(digests) == 2
+    assert [calls.count(d) for d in digests] == [1, 1]  # one PUT each: the spool's delivery used the early one
+    assert digests <= set(fake.state.artifacts)
+
+
+def test_a_failed_early_upload_is_made_again_by_the_spool(
+    tmp_path: Path, fake: FakeController, repo: Path, signer: tuple[Path, SigningIdentity, TrustStore]
+) -> None:
+    _, identity, _ = signer
+    workspace = tmp_path / "ws"
+    write_task(workspace, TASK_ID, repo=repo)
+    (workspace / "outputs" / "notes.txt").write_text("hello\n")
+    agent = make_agent(workspace, fake, identity)
+    calls = _count_uploads(agent, fail_first=True)
+    summary = agent.run(once=True)
+    assert summary.ok, summary
+    (reg,) = fake.outputs()
+    assert reg.artifact is not None
+    assert calls.count(reg.artifact["digest"]) == 2
+    assert reg.artifact["digest"] in fake.state.artifacts

@@ -176,3 +176,40 @@ def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch, env: str, v
     monkeypatch.setenv(env, value)
     with pytest.raises(ValueError, match=message):
         SidecarSettings()
+
+
+OVERLAP = CompletionRules(
+    stable_interval=2.0, recheck_interval=0.1, exit_settle_interval=0.5, overlap_rename_recheck=True
+)
+
+
+def test_overlapping_rules_report_a_rename_at_once_with_the_time_of_its_recheck(tmp_path: Path) -> None:
+    tracker = CompletionTracker(tmp_path, OVERLAP)
+    _write(tmp_path / "m.pt", b"x")
+    tracker.renamed("m.pt", 5.0)
+    assert tracker.next_check() == pytest.approx(5.0)
+    (item,) = tracker.due(5.01)
+    assert (item.reason, item.generation) == ("renamed", 1)
+    assert item.confirm_at == pytest.approx(5.1)  # the consumer compares the fingerprint no earlier
+    assert item.fingerprint == fingerprint(tmp_path / "m.pt")
+
+
+def test_a_change_after_an_early_rename_report_is_the_next_generation(tmp_path: Path) -> None:
+    tracker = CompletionTracker(tmp_path, OVERLAP)
+    _write(tmp_path / "m.pt", b"x", mtime=10**18)
+    tracker.renamed("m.pt", 0.0)
+    (first,) = tracker.due(0.0)
+    _write(tmp_path / "m.pt", b"xy", mtime=10**18 + 1)  # written after the rename: the first is stale
+    assert fingerprint(tmp_path / "m.pt") != first.fingerprint
+    tracker.observe("m.pt", 0.05)
+    assert tracker.due(0.2) == []
+    (second,) = tracker.due(2.05)
+    assert (second.reason, second.generation, second.size, second.confirm_at) == ("stable", 2, 2, None)
+
+
+def test_without_overlap_nothing_carries_a_confirm_time(tmp_path: Path, tracker: CompletionTracker) -> None:
+    _write(tmp_path / "m.pt", b"x")
+    tracker.renamed("m.pt", 0.0)
+    (item,) = tracker.due(0.1)
+    assert item.confirm_at is None
+    assert SidecarSettings(workspace=tmp_path).completion_rules().overlap_rename_recheck

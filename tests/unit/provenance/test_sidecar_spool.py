@@ -247,3 +247,28 @@ def test_unreadable_ledger_is_an_error_naming_the_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(StorageError, match=r"state\.json"):
         ArtifactLedger(path)
+
+
+def test_a_signed_record_is_written_without_fsync_and_a_delivery_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "state.json"
+    ledger = ArtifactLedger(path)
+    ledger.record_signed(_artifact("a.csv"), digest="sha256:11", manifest_id="urn:1")
+    assert synced == []  # the spool item put before it is the durable copy (reconcile rebuilds it)
+    assert ArtifactLedger(path).find("a.csv", "sha256:11") is not None  # still written: survives a kill
+    assert ledger.mark_delivered("urn:1")
+    assert len(synced) == 2  # file and directory: durable before the spool forgets the item
+    reloaded = ArtifactLedger(path).latest("a.csv")
+    assert reloaded is not None
+    assert reloaded.delivered
