@@ -110,7 +110,7 @@ def _run(workspace: Path | None, controller_url: str | None, once: bool) -> int:
     from provenance.keys import load_identity
     from provenance.sidecar.agent import Sidecar
     from provenance.sidecar.config import SidecarSettings
-    from provenance.sidecar.delivery import ControllerClient
+    from provenance.sidecar.delivery import ControllerClient, TokenFile
     from provenance.sidecar.taskinfo import load_task_info
 
     overrides: dict[str, Any] = {}
@@ -129,7 +129,7 @@ def _run(workspace: Path | None, controller_url: str | None, once: bool) -> int:
         name
         for name, value in (
             ("MLPROV_TASK_ID", settings.task_id),
-            ("MLPROV_TASK_TOKEN", settings.task_token),
+            ("MLPROV_TASK_TOKEN (or MLPROV_TASK_TOKEN_FILE)", settings.task_token or settings.task_token_file),
             ("MLPROV_CONTROLLER_URL (or --controller)", settings.controller_url),
         )
         if not value
@@ -137,15 +137,20 @@ def _run(workspace: Path | None, controller_url: str | None, once: bool) -> int:
     if missing:
         raise InvalidInputError(f"the sidecar needs {', '.join(missing)}; the runtime sets them")
     assert settings.task_id
-    assert settings.task_token
     assert settings.controller_url
     task = load_task_info(settings.workspace, expected_task_id=settings.task_id)
     if not settings.effective_outputs_dir.is_dir():
         raise InvalidInputError(f"{settings.effective_outputs_dir} is not a directory; the job's outputs/ must exist")
     identity = load_identity(load_settings().home)
-    client = ControllerClient(
-        settings.controller_url, settings.task_token.get_secret_value(), task.task_id, timeout=settings.http_timeout
-    )
+    token: str | TokenFile
+    if settings.task_token is not None:
+        token = settings.task_token.get_secret_value()
+    else:
+        assert settings.task_token_file is not None
+        if not settings.task_token_file.is_file():
+            raise InvalidInputError(f"MLPROV_TASK_TOKEN_FILE {settings.task_token_file} is not a file")
+        token = TokenFile(settings.task_token_file)
+    client = ControllerClient(settings.controller_url, token, task.task_id, timeout=settings.http_timeout)
     with client:
         agent = Sidecar(settings, task, identity, client)
 

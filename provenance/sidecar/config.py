@@ -1,6 +1,7 @@
 """The sidecar's one typed settings object (prefix ``MLPROV_SIDECAR_``), plus the job environment the
 runtime gives every sidecar: ``MLPROV_TASK_ID``, ``MLPROV_TASK_TOKEN``, ``MLPROV_WORKSPACE``,
-``MLPROV_CONTROLLER_URL`` and, on Kubernetes, ``MLPROV_IMAGE_DIGEST``.
+``MLPROV_CONTROLLER_URL`` and, on Kubernetes, ``MLPROV_IMAGE_DIGEST`` and ``MLPROV_TASK_TOKEN_FILE`` (the
+projected token, in place of ``MLPROV_TASK_TOKEN``).
 
 Lists (markers, ignore and temp patterns) are a JSON array or comma-separated in the environment.
 The building blocks take plain dataclasses (:class:`WatchConfig`, :class:`Backoff`, ...); the methods
@@ -42,6 +43,11 @@ class SidecarSettings(BaseSettings):
     # --- the job, as the runtime describes it ----------------------------------------------------
     task_id: str | None = Field(default=None, validation_alias=AliasChoices("task_id", "MLPROV_TASK_ID"))
     task_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("task_token", "MLPROV_TASK_TOKEN"))
+    task_token_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("task_token_file", "MLPROV_TASK_TOKEN_FILE")
+    )
+    """Kubernetes: the pod's projected, audience-bound service-account token; re-read on every request
+    (the kubelet rotates it). Used when ``MLPROV_TASK_TOKEN`` is unset."""
     workspace: Path = Field(default=Path("."), validation_alias=AliasChoices("workspace", "MLPROV_WORKSPACE"))
     """``inputs/``, ``outputs/`` and ``params.json`` live here; so does the sidecar's state."""
     controller_url: str | None = Field(

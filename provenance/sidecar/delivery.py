@@ -31,7 +31,7 @@ import structlog
 from provenance.errors import PermanentDeliveryError, RetryableDeliveryError
 from provenance.hashing import OMS_IGNORED_TOP_LEVEL
 
-__all__ = ["API", "ControllerClient", "tar_directory", "warm_up"]
+__all__ = ["API", "ControllerClient", "TokenFile", "tar_directory", "warm_up"]
 
 log = structlog.get_logger(__name__)
 
@@ -93,15 +93,39 @@ def _chunks(fh: Any) -> Iterator[bytes]:
         yield chunk
 
 
-class ControllerClient:
-    """Calls of docs/sidecar-protocol.md section 2 with the task token. Thread-safe (one httpx client)."""
+class TokenFile(httpx.Auth):
+    """Bearer auth from a token file read for every request: the Kubernetes runtime's projected,
+    audience-bound service-account token, which the kubelet rewrites before it expires. An unreadable or
+    empty file is a retryable delivery error (the kubelet may be between writes), never a crash."""
 
-    def __init__(self, base_url: str, token: str, task_id: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        try:
+            token = self.path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RetryableDeliveryError(f"cannot read the token file {self.path} ({type(exc).__name__})") from None
+        if not token:
+            raise RetryableDeliveryError(f"the token file {self.path} is empty")
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+class ControllerClient:
+    """Calls of docs/sidecar-protocol.md section 2 with the task token (a string, or a :class:`TokenFile`).
+    Thread-safe (one httpx client)."""
+
+    def __init__(self, base_url: str, token: str | TokenFile, task_id: str, *, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.task_id = task_id
+        headers = {"User-Agent": "mlprov-sidecar"}
+        if isinstance(token, str):
+            headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(
             base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "mlprov-sidecar"},
+            headers=headers,
+            auth=token if isinstance(token, TokenFile) else None,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             trust_env=False,  # the controller is addressed directly, never through a proxy
             verify=_tls_context(),

@@ -20,7 +20,7 @@ import pytest
 from provenance.keys import SigningIdentity, TrustStore, init_identity, load_identity
 from provenance.manifest import manifest_type
 from provenance.sidecar.agent import Sidecar
-from provenance.sidecar.delivery import ControllerClient
+from provenance.sidecar.delivery import ControllerClient, TokenFile
 from provenance.sidecar.taskinfo import load_task_info
 from tests.unit.provenance.fake_controller import (
     TASK_ID,
@@ -239,3 +239,35 @@ def test_bad_task_json_is_a_one_line_error(workspace: Path, signer: tuple[Path, 
     assert len(err.strip().splitlines()) == 1
     assert err.startswith("error: ")
     assert "task.json" in err
+
+
+def test_a_rotated_token_file_is_read_for_every_request(
+    workspace: Path,
+    fake: FakeController,
+    signer: tuple[Path, SigningIdentity, TrustStore],
+    agents: list[Sidecar],
+    tmp_path: Path,
+) -> None:
+    """Kubernetes: the sidecar's credential is the pod's projected token file, which the kubelet rewrites;
+    an empty file (between writes) is retried, and the new token is used from the next request on."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    settings = settings_for(workspace, fake.url, task_token=None, task_token_file=token_file)
+    agent = Sidecar(
+        settings, load_task_info(workspace), signer[1], ControllerClient(fake.url, TokenFile(token_file), TASK_ID)
+    )
+    agents.append(agent)
+    outputs = workspace / "outputs"
+    with Running(agent) as running:
+        publish(outputs / "first.csv", b"1,2\n")
+        wait_for(lambda: len(fake.outputs()) == 1, 20, "the first artifact registered with the first token")
+        token_file.write_text("")  # the kubelet between writes: retried, not dead-lettered
+        fake.token = "rotated-token-9b2e"
+        publish(outputs / "second.csv", b"3,4\n")
+        wait_for(lambda: len(agent.ledger.records()) == 2, 20, "the second artifact signed")
+        time.sleep(0.3)  # a few failed attempts with no token
+        assert len(fake.outputs()) == 1
+        token_file.write_text("rotated-token-9b2e")
+        summary = running.finish()
+    assert summary.ok, summary
+    assert {r.manifest["title"] for r in fake.outputs()} == {"first.csv", "second.csv"}
