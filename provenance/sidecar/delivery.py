@@ -21,7 +21,7 @@ import os
 import ssl
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ class TokenFile(httpx.Auth):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         try:
             token = self.path.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
