@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from provenance.canonical import _json_string, cbor_bytes, compact_json, manifest_json
+from provenance.canonical_encoding import _json_string, cbor_bytes, compact_json, manifest_json
 
 __all__ = ["ClaimEncoder"]
 
