@@ -202,11 +202,25 @@ def make_ingredient(
     }
 
 
+def _keys_sorted(v: Any) -> Any:
+    """``v`` with every object's keys in the order Atlas's canonical form has them (serde_json's sorted map);
+    anything else as it is (canonical.py judges it). The canonical form and the signature are the same
+    either way; a manifest written in that order is read back without re-sorting (the verifier's fast path)."""
+    if type(v) is dict:
+        if not all(type(k) is str for k in v):
+            return v
+        return {k: _keys_sorted(v[k]) for k in sorted(v)}
+    if type(v) is list:
+        return [_keys_sorted(x) for x in v]
+    return v
+
+
 def custom_assertion(label: str, data: Any) -> dict[str, Any]:
-    """``{"CustomAssertion": {"label": label, "data": data}}`` (data must be JSON-ready)."""
+    """``{"CustomAssertion": {"label": label, "data": data}}`` (data must be JSON-ready; object keys are
+    written sorted, as the canonical form orders them)."""
     if not label:
         raise InvalidInputError("a custom assertion needs a label")
-    return {"CustomAssertion": {"label": label, "data": data}}
+    return {"CustomAssertion": {"label": label, "data": _keys_sorted(data)}}
 
 
 def claim_assertions(manifest: dict[str, Any]) -> list[dict[str, Any]]:

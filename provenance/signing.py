@@ -33,7 +33,7 @@ from provenance.canonical import canonical_claim, canonical_manifest, cbor_bytes
 from provenance.cbor_claim import ClaimEncoder
 from provenance.errors import InvalidInputError, SignatureError
 from provenance.keys import HashName, PublicKey, SigningIdentity, TrustStore, verify_bytes
-from provenance.manifest import format_timestamp, manifest_hash, new_manifest_id
+from provenance.manifest import custom_assertion, format_timestamp, manifest_hash, new_manifest_id
 
 __all__ = [
     "BINDING_LABEL",
@@ -60,7 +60,7 @@ def claim_signing_bytes(claim: dict[str, Any]) -> bytes:
 
 
 def _custom(label: str, data: Any) -> dict[str, Any]:
-    return {"CustomAssertion": {"label": label, "data": data}}
+    return custom_assertion(label, data)
 
 
 def _is_label(assertion: Any, label: str) -> bool:
