@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     shell-quoted string."""
     controller_url: str | None = None
     """How jobs' sidecars reach this controller; unset: ``http://<host>:<port>``."""
+    fork_server: bool = True
+    """Local runtime: fork every job's launcher and sidecar from one warm process (ADR 0006) instead of
+    warming up a fresh sidecar interpreter per job; ``false`` falls back to the standby spare launcher."""
 
     server_idle_timeout: float = Field(default=1800.0, gt=0)
     """A ``server`` service with no task activity in its run for this long is stopped."""

@@ -17,7 +17,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from controller.runtime.local import LocalRuntime
 
-        return LocalRuntime(standby_sidecar=settings.effective_sidecar_command)
+        return LocalRuntime(standby_sidecar=settings.effective_sidecar_command, fork_server=settings.fork_server)
     from controller.runtime.k8s_client import build_kubernetes_runtime
 
     return build_kubernetes_runtime(settings)

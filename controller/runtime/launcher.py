@@ -38,6 +38,11 @@ neither on the job's path nor competing with the job for the CPU. When its warm-
 byte to the standby launcher's stdout (a pipe from the runtime, see :func:`_standby_sidecar`). A request
 for another sidecar command (or none) drops the standby one and starts cold; restarts after a crash are
 always cold.
+
+Fork server (ADR 0006, :mod:`controller.runtime.forkserver`): the runtime's warm server forks a child that
+runs :func:`main` in-process with ``sidecar_runner``; the sidecar and its restarts are then forks of this
+launcher that run the sidecar command in-process (:func:`_fork_runner`), not new interpreters. Nothing else
+changes (pids.json, exit.json, output.jsonl, signals, restarts).
 """
 
 from __future__ import annotations
@@ -51,7 +56,11 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    SidecarRunner = Callable[[list[str], dict[str, str]], int]
+    """Runs a sidecar command inside a forked child (its stdio, cwd and process group already set); returns
+    the exit code."""
 
 __all__ = [
     "EXIT_FILE",
@@ -146,9 +155,22 @@ def _exit_code(status: int) -> tuple[int, str | None]:
 
 
 class _Proc:
-    """A spawned child in its own process group, with its two pipes (and ``stdin``, a pipe, when asked)."""
+    """A spawned child in its own process group, with its two pipes (and ``stdin``, a pipe, when asked).
 
-    def __init__(self, component: str, argv: list[str], env: dict[str, str], *, stdin_pipe: bool = False) -> None:
+    With ``runner`` (the sidecar fork server's in-process sidecar, see :mod:`controller.runtime.forkserver`)
+    the child is a fork of this launcher that calls ``runner(argv, env)`` instead of executing ``argv``;
+    ``close_in_child`` lists this launcher's own descriptors, which the child closes first."""
+
+    def __init__(
+        self,
+        component: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        stdin_pipe: bool = False,
+        runner: SidecarRunner | None = None,
+        close_in_child: Callable[[], list[int]] | None = None,
+    ) -> None:
         self.component = component
         self.argv = argv
         self.stdin: int | None = None
@@ -161,10 +183,15 @@ class _Proc:
             null = in_r
         actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
         try:
-            self.pid = os.posix_spawnp(
-                argv[0], argv, env, file_actions=actions, setpgroup=0,
-                setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGTERM, _signal.SIGINT, _signal.SIGCHLD),
-            )  # fmt: skip
+            if runner is not None:
+                own = [out_r, err_r, *([self.stdin] if self.stdin is not None else [])]
+                own += close_in_child() if close_in_child is not None else []
+                self.pid = _fork_runner(runner, argv, env, (null, out_w, err_w), own)
+            else:
+                self.pid = os.posix_spawnp(
+                    argv[0], argv, env, file_actions=actions, setpgroup=0,
+                    setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGTERM, _signal.SIGINT, _signal.SIGCHLD),
+                )  # fmt: skip
         except OSError:
             for fd in (out_r, err_r, self.stdin):
                 if fd is not None:
@@ -185,6 +212,34 @@ class _Proc:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _fork_runner(
+    runner: SidecarRunner, argv: list[str], env: dict[str, str], stdio: tuple[int, int, int], own: list[int]
+) -> int:
+    """Fork a child in its own process group with ``stdio`` as its fds 0-2, this launcher's signal handling
+    undone and its descriptors ``own`` closed, that runs ``runner(argv, env)`` and exits with its code."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        for fd in {*stdio, *own} - {0, 1, 2}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        code = runner(argv, env)
+    except BaseException as exc:  # never return into the launcher's loop from the child
+        with contextlib.suppress(BaseException):
+            os.write(2, f"mlprov: the forked sidecar failed: {type(exc).__name__}: {exc}\n".encode())
+    finally:
+        os._exit(code)
 
 
 def _standby_sidecar(sidecar_argv: list[str]) -> _Proc | None:
@@ -267,7 +322,10 @@ def standby(sidecar_argv: list[str]) -> int:
     return main(args, warm_sidecar=warm)
 
 
-def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
+def main(argv: list[str], *, warm_sidecar: _Proc | None = None, sidecar_runner: SidecarRunner | None = None) -> int:
+    """Run one job (arguments in the module docstring). ``sidecar_runner``: start the sidecar (and its
+    restarts) as a fork of this process that runs it in-process (the fork server's launchers) instead of
+    executing its command."""
     if argv[1:2] == ["--standby"]:
         return standby(argv[3 : 3 + int(argv[2])] if len(argv) > 2 else [])
     state = argv[1]
@@ -310,6 +368,9 @@ def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
             partial[fd] = b""
             poller.register(fd, _IN)
 
+    def own_fds() -> list[int]:
+        return [out_fd, wake_r, wake_w, *readers]
+
     sidecar: _Proc | None = None
     warm = warm_sidecar
     if warm is not None and (warm.argv != [*sidecar_argv, "--standby"] or not _hand_to_sidecar(warm, os.getcwd(), env)):
@@ -321,7 +382,7 @@ def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
         result["sidecar_standby_cpu_s"] = _cpu_seconds(warm.pid)  # its warm-up, before this job: not the job's
     elif sidecar_argv:
         try:
-            sidecar = _Proc("sidecar", sidecar_argv, env)
+            sidecar = _Proc("sidecar", sidecar_argv, env, runner=sidecar_runner, close_in_child=own_fds)
             watch(sidecar)
         except OSError as exc:
             emit("sidecar", "stderr", [f"cannot start the sidecar {sidecar_argv[0]!r}: {exc.strerror or exc}"])
@@ -402,7 +463,7 @@ def main(argv: list[str], *, warm_sidecar: _Proc | None = None) -> int:
                     ],
                 )
                 try:
-                    sidecar = _Proc("sidecar", sidecar_argv, env)
+                    sidecar = _Proc("sidecar", sidecar_argv, env, runner=sidecar_runner, close_in_child=own_fds)
                     watch(sidecar)
                     pids["sidecar"] = sidecar.pid
                     _write_atomic(os.path.join(state, PIDS_FILE), pids)

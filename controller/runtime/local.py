@@ -22,6 +22,12 @@ environment only. The spare reports on its stdout when its sidecar is warm; the 
 construction waits for that (at most ``first_warm_wait`` seconds), so the first job after a controller
 start does not run beside a sidecar still importing, i.e. with its first artifacts unsigned for seconds.
 Later launches never wait: their spare had the previous job's duration to warm up.
+
+Fork server (the default, ADR 0006): when the sidecar is this interpreter's ``-m``/``-c`` command, one warm
+process (:mod:`controller.runtime.forkserver`) forks every job's launcher, which forks the sidecar from that
+warm state: no per-job interpreter start-up or imports, and no spare launcher. The handle of a forked
+launcher is followed as a re-attached one (``/proc`` + ``exit.json``). A server that fails is dropped for
+the spare launcher; ``fork_server=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import structlog
 from controller.errors import JobLaunchError
 from controller.runtime import launcher
 from controller.runtime.base import JobHandle, JobSpec, JobState, JobStatus, OutputLine, OutputSink
+from controller.runtime.forkserver import ForkServer, claim, forkable
 
 __all__ = ["LocalRuntime"]
 
@@ -156,6 +163,7 @@ class LocalRuntime:
         warm: bool = True,
         standby_sidecar: list[str] | None = None,
         first_warm_wait: float = 10.0,
+        fork_server: bool = True,
     ) -> None:
         self._grace = grace
         self._sidecar_grace = sidecar_grace
@@ -171,7 +179,14 @@ class LocalRuntime:
         self._lock = threading.Lock()
         self._first_warm_wait = first_warm_wait if warm and self._spare_sidecar else 0.0
         """The first launch waits this long at most for the spare started here to have a warm sidecar."""
-        if warm and self._spare_sidecar:  # the first job's sidecar is warm too (after every field exists)
+        self._server: ForkServer | None = None
+        """The sidecar fork server (ADR 0006): while it runs, every launch goes through it and no spare waits."""
+        if warm and fork_server and self._spare_sidecar and forkable(self._spare_sidecar, python):
+            try:
+                self._server = ForkServer(python, self._spare_sidecar, _base_env())
+            except OSError:
+                log.warning("fork_server_not_started; using the spare launcher")
+        if warm and self._spare_sidecar and self._server is None:  # the first job's sidecar is warm too
             self._start_spare()  # here, not on a thread: the first launch finds it (a Popen: milliseconds)
 
     # -- Runtime ---------------------------------------------------------------------------------
@@ -204,8 +219,9 @@ class LocalRuntime:
             str(state_dir), "-" if spec.timeout is None else repr(float(spec.timeout)), repr(self._grace),
             repr(self._sidecar_grace), str(len(sidecar)), *sidecar, *spec.command,
         ]  # fmt: skip
-        proc = self._hand_to_spare(spec.workspace, env, args) if self._warm else None
-        if proc is None:
+        pid = self._fork_launch(spec.workspace, env, args, state_dir)
+        proc = self._hand_to_spare(spec.workspace, env, args) if self._warm and pid is None else None
+        if pid is None and proc is None:
             try:
                 with (state_dir / "launcher.log").open("wb") as launcher_log:
                     proc = subprocess.Popen(
@@ -220,14 +236,17 @@ class LocalRuntime:
                     )
             except OSError as exc:
                 raise JobLaunchError(f"cannot start the job launcher: {exc}") from exc
-        if self._warm:
+        if self._warm and self._server is None:
             self._spare_sidecar = list(sidecar) if _has_standby(sidecar) else []
             threading.Thread(target=self._start_spare, name="spare-launcher", daemon=True).start()
-        started = _proc_start_time(proc.pid)
-        handle = JobHandle(spec.task_id, spec.attempt, f"pid:{proc.pid}:{started[0] if started else 0}:{state_dir}")
+        if proc is not None:
+            pid = proc.pid
+        assert pid is not None
+        started = _proc_start_time(pid)
+        handle = JobHandle(spec.task_id, spec.attempt, f"pid:{pid}:{started[0] if started else 0}:{state_dir}")
         job = _Job(handle=handle, state_dir=state_dir, sink=on_output, proc=proc)
         self._follow(job)
-        log.info("job_launched", task_id=spec.task_id, attempt=spec.attempt, pgid=proc.pid)
+        log.info("job_launched", task_id=spec.task_id, attempt=spec.attempt, pgid=pid, forked=proc is None)
         return handle
 
     def wait(self, handle: JobHandle, timeout: float | None = None) -> JobStatus:
@@ -284,11 +303,36 @@ class LocalRuntime:
         with self._lock:
             jobs = list(self._jobs.values())
             spare, self._spare = self._spare, None
+            server, self._server = self._server, None
         for job in jobs:
             job.stop.set()
             job.wake.set()
         if spare is not None:
             self._retire(spare.proc)
+        if server is not None:
+            server.close()
+
+    # -- the fork server -------------------------------------------------------------------------
+
+    def _fork_launch(self, cwd: Path, env: dict[str, str], args: list[str], state_dir: Path) -> int | None:
+        """The launcher's pid when the fork server started it; None: launch it otherwise. A server that
+        failed is stopped and replaced by the spare launcher; the attempt is claimed first
+        (:func:`~controller.runtime.forkserver.claim`), so it never runs twice."""
+        with self._lock:
+            server = self._server
+            if server is None:
+                return None
+            first_wait, self._first_warm_wait = self._first_warm_wait, 0.0
+        pid = server.launch(str(cwd), env, args, timeout=max(first_wait, 10.0))
+        if pid is not None:
+            return pid
+        log.warning("fork_server_failed; launching without it", alive=server.alive())
+        with self._lock:
+            if self._server is server:
+                self._server = None
+        server.close(timeout=0.5)
+        holder = claim(str(state_dir), None)  # launch() starts the spare launcher for the next job
+        return holder if holder is not None and holder > 0 else None
 
     # -- the warm launcher -----------------------------------------------------------------------
 

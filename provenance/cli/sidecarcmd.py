@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import click
 
-__all__ = ["configure_sidecar_logging", "sidecar"]
+__all__ = ["configure_sidecar_logging", "sidecar", "warm_up_for_fork"]
 
 
 def configure_sidecar_logging(task_id: str | None, stream: TextIO | None = None, level: int = logging.INFO) -> None:
@@ -100,6 +100,27 @@ def _await_job(stdin: Any) -> bool:
     os.environ.clear()
     os.environ.update(item.split("=", 1) for item in fields[1:] if "=" in item)
     return True
+
+
+def warm_up_for_fork() -> None:
+    """The sidecar fork server's warm-up (``controller/runtime/forkserver.py``): what :func:`_await_job` and
+    :func:`_run` import, and the standby warm-up, once for all the sidecars it forks; starts no thread."""
+    import importlib
+
+    for module in (
+        "provenance.c2pa_sidecar",
+        "provenance.oms",
+        "provenance.cli.main",
+        "provenance.config",
+        "provenance.keys",
+        "provenance.sidecar.config",
+        "provenance.sidecar.delivery",
+        "provenance.sidecar.taskinfo",
+    ):
+        importlib.import_module(module)
+    from provenance.sidecar.agent import Sidecar
+
+    Sidecar._warm_up(for_fork=True)
 
 
 def _run(workspace: Path | None, controller_url: str | None, once: bool) -> int:

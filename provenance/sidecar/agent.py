@@ -242,17 +242,21 @@ class Sidecar:
         from model_signing import hashing, signing  # noqa: F401
 
     @staticmethod
-    def _warm_up() -> None:
+    def _warm_up(*, for_fork: bool = False) -> None:
         """A standby sidecar's work before its job is known (``mlprov sidecar --standby``): every one-time cost
         of :meth:`start` that needs no job -- the signing libraries, the watcher's observer, the HTTP
         client's set-up, the probe of this interpreter's packages --, then the readiness signal
-        (:data:`READY_FD_ENV`), so the job's start pays only for what is the job's own."""
+        (:data:`READY_FD_ENV`), so the job's start pays only for what is the job's own.
+
+        ``for_fork``: the local runtime's sidecar fork server's warm-up, done once for every job it forks:
+        the probe always, no readiness signal. None of it leaves a thread running (the server forks)."""
         Sidecar._import_signing()
         warm_observer()
         delivery.warm_up()
-        if not _job_waiting():  # speculative (the job's interpreter may be another): not when the job is here
+        if for_fork or not _job_waiting():  # speculative (the job's interpreter may be another)
             prime_current_environment()
-        _signal_ready()
+        if not for_fork:
+            _signal_ready()
 
     def run(self, *, once: bool = False) -> Summary:
         """Watch until the job exits, then flush and drain; return the summary."""

@@ -1,5 +1,5 @@
-"""The local runtime's standby sidecar: started ahead with the spare launcher, handed the next job's
-cwd and environment on stdin, dropped when unused; other sidecar commands always start cold."""
+"""The local runtime's standby sidecar (the fork server off): started ahead with the spare launcher, handed
+the next job's cwd and environment on stdin, dropped when unused; other sidecar commands always start cold."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_mlprovs_own_sidecar_command_is_recognised() -> None:
 
 
 def test_every_job_gets_a_sidecar_started_before_it_with_its_own_cwd_and_environment(tmp_path: Path) -> None:
-    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=FAKE_SIDECAR)
+    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=FAKE_SIDECAR, fork_server=False)
     try:
         _wait_spare(rt, with_sidecar=True)  # the first job's sidecar is warm too
         for i in range(2):
@@ -111,7 +111,7 @@ def test_every_job_gets_a_sidecar_started_before_it_with_its_own_cwd_and_environ
 
 def test_a_job_without_a_sidecar_or_with_another_one_drops_the_standby_sidecar(tmp_path: Path) -> None:
     other = [*FAKE_SIDECAR[:-2], "other-sidecar"]
-    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=FAKE_SIDECAR)
+    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=FAKE_SIDECAR, fork_server=False)
     try:
         _wait_spare(rt)
         plain = _job(tmp_path, 0, None)
@@ -131,13 +131,14 @@ def _job_started_at(spec: JobSpec) -> float:
 
 def _timed_job(tmp_path: Path, i: int, sidecar: list[str] | None) -> JobSpec:
     spec = _job(tmp_path, i, sidecar)
+    assert spec.command is not None
     spec.command[:] = [sys.executable, "-c", "import time; open('outputs/started', 'w').write(repr(time.time()))"]
     return spec
 
 
 def test_the_first_job_starts_once_the_standby_sidecar_started_with_the_runtime_is_warm(tmp_path: Path) -> None:
     sidecar = fake_sidecar(warm_up=0.5)
-    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=sidecar)
+    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=sidecar, fork_server=False)
     try:
         first = _timed_job(tmp_path, 0, sidecar)  # launched at once: its sidecar is still warming up
         assert rt.wait(rt.launch(first, lambda line: None), timeout=20).state is JobState.SUCCEEDED
@@ -151,7 +152,7 @@ def test_the_first_job_starts_once_the_standby_sidecar_started_with_the_runtime_
 
 def test_the_first_launch_waits_a_bounded_time_for_a_sidecar_that_never_says_it_is_warm(tmp_path: Path) -> None:
     sidecar = fake_sidecar(never_ready=True)
-    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=sidecar, first_warm_wait=0.5)
+    rt = LocalRuntime(sidecar_grace=5.0, standby_sidecar=sidecar, first_warm_wait=0.5, fork_server=False)
     try:
         spec = _timed_job(tmp_path, 0, sidecar)
         launched = time.monotonic()
