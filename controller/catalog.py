@@ -57,6 +57,7 @@ __all__ = [
     "load_services_file",
     "memory_bytes",
     "millicores",
+    "read_service_entries",
     "validate_for_runtime",
     "validate_service_name",
 ]
@@ -490,22 +491,29 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
 
 
-def load_services_file(path: Path, runtime: str | None = None) -> list[ServiceSpec]:
-    """Parse and validate ``services.yaml``; :class:`CatalogError` names the file, entry and field.
-
-    The file is either a list of services or ``{services: [...]}``.
-    """
+def read_service_entries(path: Path, *, option: str = "MLPROV_SERVICES_FILE") -> list[Any]:
+    """The raw entries of ``services.yaml`` (a list, or ``{services: [...]}``), unvalidated;
+    :class:`CatalogError` in one line naming the file (and ``option``, what to fix) when it cannot be read."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise CatalogError(f"{path}: cannot read the services file ({exc.strerror}): fix MLPROV_SERVICES_FILE") from exc
+        raise CatalogError(f"{path}: cannot read the services file ({exc.strerror}): fix {option}") from exc
     except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
+        raise CatalogError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]}): fix the file") from exc
     if data is None:
         return []
     entries = data.get("services") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise CatalogError(f"{path}: expected a list of services (or `services:` holding one)")
+    return entries
+
+
+def load_services_file(path: Path, runtime: str | None = None) -> list[ServiceSpec]:
+    """Parse and validate ``services.yaml``; :class:`CatalogError` names the file, entry and field.
+
+    The file is either a list of services or ``{services: [...]}``.
+    """
+    entries = read_service_entries(path)
     specs: list[ServiceSpec] = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):

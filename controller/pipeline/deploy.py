@@ -30,6 +30,8 @@ from typing import Any
 import structlog
 import yaml
 
+from controller.catalog import read_service_entries
+from controller.errors import CatalogError
 from controller.pipeline.controller_client import ControllerClient
 from controller.pipeline.dagcheck import DagCheckReport, check_dags
 from controller.pipeline.errors import BadInputError, PipelineError
@@ -117,19 +119,11 @@ def collect_files(dags: Path, plugins: Path | None, services: Path | None) -> li
 
 
 def load_service_entries(path: Path) -> list[Any]:
-    """The raw entries of ``services.yaml`` (a list, or ``{services: [...]}``); the controller validates them."""
+    """The raw entries of ``services.yaml`` (the controller validates them): the catalog's reader."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read the services file ({exc.strerror}): fix --services") from exc
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]}): fix the file") from exc
-    if data is None:
-        return []
-    entries = data.get("services") if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise BadInputError(f"{path}: expected a list of services (or `services:` holding one)")
-    return entries
+        return read_service_entries(path, option="--services")
+    except CatalogError as exc:
+        raise BadInputError(str(exc)) from exc
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
