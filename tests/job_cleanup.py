@@ -28,7 +28,9 @@ def kill_jobs(home: Path) -> None:
     for pids_file in home.glob("work/*/.job-*/pids.json"):
         with contextlib.suppress(OSError, ValueError):
             pids = json.loads(pids_file.read_text())
-            for key in ("job", "sidecar", "launcher"):
+            # the launcher first: alive for a moment after its job dies, it would write the exit record a
+            # "killed behind the controller's back" test must not find
+            for key in ("launcher", "sidecar", "job"):
                 if pids.get(key) and _runs_under(int(pids[key]), home):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(int(pids[key]), signal.SIGKILL)

@@ -4,6 +4,7 @@ jobs and waiting tasks are all recorded correctly by the next controller (same D
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -102,8 +103,10 @@ async def test_jobs_across_a_restart_end_correctly_recorded(mlprov_home: Path, t
     # --- no controller ---------------------------------------------------------------------------
     state_dir = Path(b_ref.split(":", 3)[3])
     b_pids = json.loads((state_dir / "pids.json").read_text())
-    os.killpg(int(b_pids["job"]), signal.SIGKILL)  # b vanishes without an exit record
+    # b vanishes without an exit record: the launcher first, or it may record its job's death
     os.killpg(int(b_pids["launcher"]), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # the job's group may have gone with the launcher
+        os.killpg(int(b_pids["job"]), signal.SIGKILL)
     go_a.touch()  # a ends while nobody watches
     a_exit = mlprov_home / "work" / a / ".job-1" / "exit.json"
     loop = asyncio.get_running_loop()
