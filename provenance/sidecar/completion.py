@@ -102,7 +102,8 @@ class Snapshot:
     mtime_ns: int
     """Newest modification time (for a directory: of any file or subdirectory in it)."""
     fingerprint: str
-    """SHA-256 over (path, type, size, mtime_ns, inode) of every entry: identity of this version."""
+    """SHA-256 over (path, type, size, mtime_ns, inode) of every entry (a directory's top-level completion
+    markers excluded, as they are from its size and digest): identity of this version."""
     marker: str | None = None
     """The completion marker found at the directory's top, if any."""
     in_progress: bool = False
@@ -169,13 +170,14 @@ def take_snapshot(path: Path, rules: CompletionRules | None = None) -> Snapshot 
     h = hashlib.sha256(_line("", st).encode())
     size, newest, marker, in_progress = 0, st.st_mtime_ns, None, False
     for rel, est in entries:
+        base = rel.rsplit("/", 1)[-1]
+        if "/" not in rel and base in rules.markers and stat.S_ISREG(est.st_mode):
+            # not part of the artifact: writing into the marker after it appeared is no new version
+            marker = marker or base
+            continue
         h.update(_line(rel, est).encode())
         newest = max(newest, est.st_mtime_ns)
         if not stat.S_ISREG(est.st_mode):
-            continue
-        base = rel.rsplit("/", 1)[-1]
-        if "/" not in rel and base in rules.markers:
-            marker = marker or base
             continue
         size += est.st_size
         in_progress = in_progress or rules.ignore.is_temporary(base)

@@ -95,6 +95,24 @@ def test_directory_with_marker_is_reported_and_marker_excluded(outputs: Path, wa
     assert w.get(timeout=0.3) is None
 
 
+def test_writing_into_the_marker_after_the_report_is_no_new_version(
+    outputs: Path, watcher_factory: list[Watcher]
+) -> None:
+    w = _start(watcher_factory, outputs, _config(SLOW_STABLE))
+    model = outputs / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"w" * 64)
+    marker = model / "_SUCCESS"
+    marker.touch()  # the marker appears empty (open, then write later: a writer under load does this)
+    item = _next(w)
+    assert (item.name, item.reason, item.generation) == ("model", "marker", 1)
+    marker.write_bytes(b"job-id=42\n")
+    assert w.get(timeout=0.5) is None
+    assert w.pending() == []  # not reopened as a new generation waiting to become stable
+    assert w.finish(timeout=5)
+    assert list(w) == []  # so the job's exit signs nothing more
+
+
 def test_slow_writer_is_reported_once_with_its_final_content(outputs: Path, watcher_factory: list[Watcher]) -> None:
     rules = CompletionRules(stable_interval=0.8, recheck_interval=0.05, exit_settle_interval=0.1)
     w = _start(watcher_factory, outputs, _config(rules))
