@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from provenance import hashing
 from provenance.errors import InvalidInputError
 from provenance.hashing import (
     DirectoryDigest,
@@ -21,8 +22,16 @@ from provenance.hashing import (
     parse_digest,
 )
 
-# Bigger than the pipelining threshold (8 MiB), so the two-thread reader is exercised too.
+# Bigger than the pipelining and mapping thresholds (8 MiB), so those paths are exercised too.
 BIG = 9 * 1024 * 1024 + 12345
+
+
+@pytest.fixture(params=["mapped", "read"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with big files hashed from a mapping (where a lease can be taken) and by reading."""
+    if request.param == "read":
+        monkeypatch.setattr(hashing, "_take_read_lease", lambda fd: False)
+    return str(request.param)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -51,7 +60,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("size", [0, 1, 1024 * 1024, BIG])
 @pytest.mark.parametrize("alg", ["sha256", "sha384", "sha512"])
-def test_hash_file_is_the_plain_digest(tmp_path: Path, size: int, alg: str) -> None:
+def test_hash_file_is_the_plain_digest(tmp_path: Path, size: int, alg: str, read_path: str) -> None:
     data = os.urandom(size)
     path = _write(tmp_path / "f.bin", data)
     assert hash_file(path, alg) == hashlib.new(alg, data).hexdigest()  # type: ignore[arg-type]
@@ -65,7 +74,7 @@ def test_hash_file_equals_sha256sum(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [10, BIG])
-def test_progress_reports_every_byte(tmp_path: Path, size: int) -> None:
+def test_progress_reports_every_byte(tmp_path: Path, size: int, read_path: str) -> None:
     path = _write(tmp_path / "f.bin", os.urandom(size))
     seen: list[int] = []
     hash_file(path, progress=seen.append)
@@ -116,7 +125,7 @@ def _model_signing_subject(path: Path) -> tuple[str, dict[str, str]]:
     return statement.subject[0].digest["sha256"], files
 
 
-def test_directory_root_is_model_signings_subject_digest(model_dir: Path) -> None:
+def test_directory_root_is_model_signings_subject_digest(model_dir: Path, read_path: str) -> None:
     digest = hash_directory(model_dir)
     root, files = _model_signing_subject(model_dir)
     assert digest.root == root
