@@ -9,6 +9,7 @@ name/alias -> digest; both recorded), **materialise** inputs into ``inputs/`` an
 tokens revoked -- in one transaction. Every state change is one transaction; events are published to
 the bus after their transaction committed.
 
+Preparing a job (resolve, materialise, token, JobSpec) is :mod:`controller.services.job_prep`.
 Kinds: ``server`` and ``external`` tasks get their locks the same way, then go to ``ServerManager``
 and ``ExternalCaller`` (``controller.services.servers`` / ``.external``; ``docs/service-kinds.md``).
 
@@ -22,9 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,32 +34,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller import metrics
 from controller.artifacts.base import ArtifactStore
 from controller.auth import issue_task_token, revoke_task_tokens
-from controller.catalog import ServiceSpec
 from controller.errors import ControllerError, JobLaunchError
 from controller.logging import get_logger
 from controller.logs.base import LogBus, LogRecord
-from controller.runtime import k8s_staging
-from controller.runtime.base import JobHandle, JobSpec, JobState, JobStatus, OutputLine, Runtime
+from controller.runtime.base import JobHandle, JobState, JobStatus, OutputLine, Runtime
 from controller.services import outputs as outputs_mod
 from controller.services.external import ExternalCaller
 from controller.services.ingest import backfill_mlflow
+from controller.services.job_prep import ActiveTask, JobPreparer, LaunchAborted, TokenIssuer
 from controller.services.locks import Grant, LockService
-from controller.services.refs import resolve_artifact, resolve_git_ref
-from controller.services.server_routing import env_for_run
 from controller.services.servers import ServerManager
 from controller.services.task_records import (
     MlflowBridge,
     add_event,
-    deep_merge,
     options_from,
     record_end,
     record_end_without_job,
-    record_launching,
     record_started,
 )
-from controller.services.taskfile import write_task_file
 from controller.store.db import session_scope
-from controller.store.models import Job, LockQueueEntry, Task, TaskAttempt, TaskState, utcnow
+from controller.store.models import Job, LockQueueEntry, Task, TaskState, utcnow
 from provenance.errors import ProvenanceError
 
 if TYPE_CHECKING:
@@ -78,33 +71,6 @@ _JOB_TO_TASK = {
     JobState.CANCELLED: TaskState.CANCELLED,
     JobState.LOST: TaskState.LOST,
 }
-_LOG_TAIL_LINES = 20_000
-TokenIssuer = Callable[[Session, str], str]
-
-
-class _LaunchAborted(Exception):
-    """The task ended before its job started (cancelled, or a ref/input could not be resolved)."""
-
-    def __init__(self, state: TaskState, reason: str) -> None:
-        super().__init__(reason)
-        self.state = state
-        self.reason = reason
-
-
-@dataclass
-class _Active:
-    """What the dispatcher keeps in memory about a task it is running."""
-
-    task_id: str
-    attempt: int = 1
-    handle: JobHandle | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lines: deque[str] = field(default_factory=lambda: deque(maxlen=_LOG_TAIL_LINES))
-    ident: dict[str, Any] = field(default_factory=dict)
-    """run_id / dag_id for log records."""
-    service: str = ""
-    kind: str = "job"
-    mlflow_thread: threading.Thread | None = None
 
 
 class Dispatcher:
@@ -140,15 +106,10 @@ class Dispatcher:
         self._max_jobs = max_concurrent_jobs
         self.locks = LockService(gpu_count)
         self._sidecar = sidecar_command
-        self._sidecar_env = dict(sidecar_env or {})
-        self._controller_url = controller_url
         self._recorder = recorder
         self._mlflow = MlflowBridge(session_factory, recorder, on_mlflow_run) if recorder is not None else None
-        self._runtime_name = runtime_name
-        self._git_timeout = git_timeout
-        self._issue_token = issue_token
         self._timeout_slack = timeout_slack
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, ActiveTask] = {}
         self._active_lock = threading.Lock()
         self._sched_lock = threading.Lock()
         self._wake = threading.Event()
@@ -156,6 +117,12 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._scheduler: threading.Thread | None = None
         shared: dict[str, Any] = dict(session_factory=session_factory, locks=self.locks, store=artifact_store)
+        self._preparer = JobPreparer(
+            session_factory=session_factory, runtime=runtime, runtime_name=runtime_name,
+            artifact_store=artifact_store, work_dir=work_dir, controller_url=controller_url,
+            git_timeout=git_timeout, sidecar_command=sidecar_command, sidecar_env=dict(sidecar_env or {}),
+            issue_token=issue_token, publish=self.publish,
+        )  # fmt: skip
         self.servers = ServerManager(
             **shared, runtime=runtime, work_dir=work_dir, publish=self.publish, notify=self.notify,
             controller_url=controller_url, **(server_options or {}),
@@ -246,8 +213,8 @@ class Dispatcher:
                 self._spawn(self._run, grant)
         return plan.grants
 
-    def _register(self, task: Task) -> _Active:
-        active = _Active(task.id, ident={"run_id": task.run_id, "dag_id": task.dag_id}, service=task.service)
+    def _register(self, task: Task) -> ActiveTask:
+        active = ActiveTask(task.id, ident={"run_id": task.run_id, "dag_id": task.dag_id}, service=task.service)
         active.kind = str((task.service_spec or {}).get("kind") or "job")
         with self._active_lock:
             self._active[task.id] = active
@@ -302,8 +269,8 @@ class Dispatcher:
             self._run_by_controller(active)
             return
         try:
-            spec = self._prepare(active, grant)
-        except _LaunchAborted as exc:
+            spec = self._preparer.prepare(active, grant)
+        except LaunchAborted as exc:
             self._finish_without_job(active, exc.state, exc.reason)
             return
         except Exception as exc:  # never leave a granted task unknown
@@ -324,7 +291,7 @@ class Dispatcher:
             active.mlflow_thread = self._spawn(self._mlflow.start, active.task_id, active.attempt)
         self._follow(active, handle, spec.timeout)
 
-    def _run_by_controller(self, active: _Active) -> None:
+    def _run_by_controller(self, active: ActiveTask) -> None:
         """A ``server`` or ``external`` task: the controller itself does the work (no job)."""
         handler = self.servers.run_task if active.kind == "server" else self.external.run_task
         try:
@@ -336,102 +303,7 @@ class Dispatcher:
         self._forget(active.task_id)
         self._record_mlflow(active, {})
 
-    def _prepare(self, active: _Active, grant: Grant) -> JobSpec:
-        """Resolve refs, materialise the workspace, mint the sidecar's token (the launch transaction)."""
-        with session_scope(self._sf) as session:
-            task = self._live_task(session, active)
-            service = ServiceSpec.model_validate(task.service_spec or {})
-            code = dict(task.code) if task.code else None
-            refs = [entry["ref"] for entry in task.inputs]
-            # artifact name/alias -> digest now, at launch (checked at submission, re-resolved here)
-            params = deep_merge(service.params, task.params or {})
-            timeout = task.timeout or service.timeout
-            active.attempt = 1 + len(
-                list(session.scalars(select(TaskAttempt.id).where(TaskAttempt.task_id == task.id)))
-            )
-            labels = {k: str(v) for k, v in (("dag_id", task.dag_id), ("run_id", task.run_id)) if v is not None}
-            try:
-                resolved = [resolve_artifact(session, ref) for ref in refs]
-            except (ControllerError, ProvenanceError) as exc:
-                raise _LaunchAborted(TaskState.FAILED, str(exc)) from exc
-        try:
-            if code is not None:  # outside any transaction: git may take seconds
-                code["commit"] = resolve_git_ref(code["repo"], code["ref"], self._git_timeout)
-        except (ControllerError, ProvenanceError) as exc:
-            raise _LaunchAborted(TaskState.FAILED, str(exc)) from exc
-        workspace = self._work_dir / active.task_id
-        outputs_mod.prepare_workspace(workspace, params)
-        kube = self._runtime_name == "kubernetes"  # the pod's init step fetches inputs; images are pinned
-        image, k8s_inputs = None, []
-        if kube:
-            try:
-                image = k8s_staging.resolve_image(self._runtime, service.image)
-                k8s_inputs = k8s_staging.input_entries(self._store, self._controller_url, resolved)
-            except (ControllerError, ProvenanceError) as exc:
-                raise _LaunchAborted(TaskState.FAILED, str(exc)) from exc
-        for item in [] if kube else resolved:
-            try:
-                self._store.get(item.digest, workspace / "inputs" / item.name)
-            except (ControllerError, ProvenanceError) as exc:
-                raise _LaunchAborted(
-                    TaskState.FAILED, f"input {item.ref!r} ({item.digest}) unavailable: {exc}"
-                ) from exc
-        if active.cancel.is_set():
-            raise _LaunchAborted(TaskState.CANCELLED, "cancelled before the job started")
-        token, pending = record_launching(
-            self._sf, active.task_id, active.attempt, resolved, code, workspace, self._runtime_name, self._issue_token
-        )
-        if token is None:
-            raise _LaunchAborted(TaskState.CANCELLED, "cancelled before the job started")
-        self.publish(pending)
-        with session_scope(self._sf) as session:  # what the sidecar links to (docs/sidecar-protocol.md section 1)
-            launched = self._live_task(session, active)
-            write_task_file(
-                workspace,
-                task=launched,
-                inputs=list(launched.inputs),
-                code=code,
-                session=session,
-                attempt=active.attempt,
-                environment=k8s_staging.task_environment(image),
-            )
-            recorded = k8s_staging.record_image(session, launched, active.attempt, image) if image else []
-        self.publish(recorded)
-        env = dict(service.env)
-        if self._sidecar:
-            env.update(self._sidecar_env)  # the launcher hands these to the sidecar only
-        env.update(
-            MLPROV_TASK_ID=active.task_id,
-            MLPROV_TASK_TOKEN=token,
-            MLPROV_CONTROLLER_URL=self._controller_url,
-            MLPROV_ATTEMPT=str(active.attempt),
-        )
-        env.update(env_for_run(self._sf, active.ident.get("dag_id"), active.ident.get("run_id")))
-        if grant.gpu_indices:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in grant.gpu_indices)
-        spec = JobSpec(
-            task_id=active.task_id,
-            attempt=active.attempt,
-            workspace=workspace,
-            command=service.command,
-            image=service.image,
-            env=env,
-            timeout=timeout,
-            labels={**labels, "task_id": active.task_id, "attempt": str(active.attempt)},
-            sidecar_command=self._sidecar,
-            resources=service.resources.model_dump(exclude_none=True),
-        )
-        return k8s_staging.kubernetes_spec(spec, service, image, k8s_inputs) if kube else spec
-
-    def _live_task(self, session: Session, active: _Active) -> Task:
-        task = session.get(Task, active.task_id)
-        if task is None:
-            raise _LaunchAborted(TaskState.LOST, "the task row disappeared")
-        if active.cancel.is_set() or task.cancel_requested_at is not None:
-            raise _LaunchAborted(TaskState.CANCELLED, "cancelled before the job started")
-        return task
-
-    def _sink(self, active: _Active) -> Callable[[OutputLine], None]:
+    def _sink(self, active: ActiveTask) -> Callable[[OutputLine], None]:
         def sink(line: OutputLine) -> None:
             active.lines.append(f"{line.component} {line.stream}: {line.text}")
             self.publish(
@@ -452,7 +324,7 @@ class Dispatcher:
 
         return sink
 
-    def _record_started(self, active: _Active, handle: JobHandle) -> None:
+    def _record_started(self, active: ActiveTask, handle: JobHandle) -> None:
         active.handle = handle
         submitted, now, pending = record_started(self._sf, active.task_id, active.attempt, handle.ref)
         metrics.DISPATCH_LATENCY.labels(phase="submit_to_start").observe(max(0.0, (now - submitted).total_seconds()))
@@ -460,7 +332,7 @@ class Dispatcher:
         if active.cancel.is_set():
             self._runtime.cancel(handle)
 
-    def _follow(self, active: _Active, handle: JobHandle, timeout: float | None) -> None:
+    def _follow(self, active: ActiveTask, handle: JobHandle, timeout: float | None) -> None:
         """Wait for the job's end (a thread per job); on ``stop()`` return and leave the job running."""
         deadline = None if timeout is None else time.monotonic() + timeout + self._timeout_slack
         while True:
@@ -477,11 +349,11 @@ class Dispatcher:
 
     # -- endings ----------------------------------------------------------------------------------
 
-    def _finish_without_job(self, active: _Active, state: TaskState, reason: str) -> None:
+    def _finish_without_job(self, active: ActiveTask, state: TaskState, reason: str) -> None:
         self.publish(record_end_without_job(self._sf, self.locks, active.task_id, active.attempt, state, reason))
         self._forget(active.task_id)
 
-    def _finish(self, active: _Active, status: JobStatus) -> None:
+    def _finish(self, active: ActiveTask, status: JobStatus) -> None:
         """Record the job's ending: outputs, artifacts, lineage, state, locks released (one transaction)."""
         state = _JOB_TO_TASK.get(status.state, TaskState.FAILED)
         reason = status.reason
@@ -517,7 +389,7 @@ class Dispatcher:
         self._forget(active.task_id)
         self._record_mlflow(active, metric_values)
 
-    def _record_mlflow(self, active: _Active, metric_values: dict[str, Any]) -> None:
+    def _record_mlflow(self, active: ActiveTask, metric_values: dict[str, Any]) -> None:
         if self._mlflow is not None:
             log_text = "\n".join(active.lines)
             self._spawn(
