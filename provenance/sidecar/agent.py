@@ -9,7 +9,7 @@ Per artifact (:meth:`Sidecar.process`), in this order:
    otherwise start uploading the bytes at once on the upload thread (the ``PUT`` is idempotent and only
    stores content the controller re-hashes to this digest; no manifest names it yet), so the upload
    overlaps the signing below instead of following it;
-4. for a model, sign the OMS bundle (same ``ignore`` as the hash, so its subject digest is checked
+4. (the parts come from :mod:`provenance.sidecar.claims`) for a model, sign the OMS bundle (same ``ignore`` as the hash, so its subject digest is checked
    against ours); build the Atlas manifest (kind mapping below), cross-referencing the task's input
    manifests and the code's software manifest, with the CustomAssertions of docs/sidecar-protocol.md
    section 3; sign it; sign the C2PA sidecar (a directory's is bound to its canonical listing);
@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import select
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -53,14 +51,24 @@ import structlog
 from provenance.errors import ProvenanceError, RetryableDeliveryError
 from provenance.hashing import DirectoryDigest, hash_directory, hash_file
 from provenance.keys import SigningIdentity
-from provenance.manifest import AssetKind, build_manifest, custom_assertion, make_ingredient
+from provenance.manifest import build_manifest, make_ingredient
 from provenance.sidecar import delivery
-from provenance.sidecar.classify import Classification, Classifier
+from provenance.sidecar.claims import (
+    OMS_BUNDLE_LABEL,
+    ArtifactChanged,
+    ArtifactSigner,
+    artifact_assertions,
+    asset_kind,
+    cross_references,
+    evaluation_links,
+    evaluation_metrics,
+    oms_bundle_assertion,
+)
+from provenance.sidecar.classify import Classifier
 from provenance.sidecar.completion import FinishedArtifact, fingerprint
 from provenance.sidecar.config import SidecarSettings
 from provenance.sidecar.delivery import ControllerClient
 from provenance.sidecar.environment import (
-    ENVIRONMENT_ASSERTION_LABEL,
     EnvironmentCapture,
     prime_current_environment,
 )
@@ -75,9 +83,6 @@ __all__ = ["OMS_BUNDLE_LABEL", "OUTPUT_KIND", "READY_FD_ENV", "Sidecar", "Summar
 log = structlog.get_logger(__name__)
 
 OUTPUT_KIND = "output"
-OMS_BUNDLE_LABEL = "mlprov.oms_bundle"
-OMS_BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-_METRICS_MAX_BYTES = 1024 * 1024
 _EXIT_POLL = 0.02
 """Seconds between looks at the job-exit marker while no artifact is pending: the job's end waits for it."""
 READY_FD_ENV = "MLPROV_SIDECAR_READY_FD"
@@ -110,18 +115,6 @@ def _signal_ready() -> None:
             os.close(fd)
 
 
-def asset_kind(classification: Classification) -> AssetKind:
-    """The Atlas manifest kind of a classified artifact (config and other become dataset manifests)."""
-    kind = classification.kind
-    if kind in ("model", "dataset", "evaluation", "software"):
-        return kind
-    return "dataset"
-
-
-class _Changed(Exception):
-    """The artifact changed while it was being hashed or signed: drop this version."""
-
-
 @dataclass
 class Summary:
     """The one-line JSON the sidecar prints at exit."""
@@ -141,20 +134,6 @@ class Summary:
 
     def to_json(self) -> str:
         return json.dumps({"event": "sidecar_summary", "ok": self.ok, **asdict(self)}, sort_keys=True)
-
-
-def _metrics(path: Path) -> dict[str, Any] | None:
-    """Top-level scalar values of a JSON object file (``metrics.json``-like), else ``None``."""
-    try:
-        if path.stat().st_size > _METRICS_MAX_BYTES:
-            return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    found = {str(k): v for k, v in data.items() if isinstance(v, (int, float, str, bool)) and v == v}  # no NaN
-    return found or None
 
 
 class Sidecar:
@@ -179,8 +158,9 @@ class Sidecar:
         self.environment = environment or EnvironmentCapture(timeout=settings.env_capture_timeout)
         state = settings.effective_state_dir
         state.mkdir(parents=True, exist_ok=True)
-        self._scratch = state / "tmp"
-        self._scratch.mkdir(mode=0o700, exist_ok=True)
+        scratch = state / "tmp"
+        scratch.mkdir(mode=0o700, exist_ok=True)
+        self._signer = ArtifactSigner(identity, scratch)
         self.ledger = ArtifactLedger(settings.state_file)
         self.spool = Spool(
             settings.effective_spool_dir,
@@ -365,7 +345,7 @@ class Sidecar:
         with structlog.contextvars.bound_contextvars(artifact=artifact.name, generation=artifact.generation):
             try:
                 return self._process(artifact)
-            except _Changed as exc:
+            except ArtifactChanged as exc:
                 log.info("artifact_changed_while_signing", detail=str(exc))
             except ProvenanceError as exc:
                 if not artifact.path.exists():
@@ -402,38 +382,32 @@ class Sidecar:
             ingredient = make_ingredient(
                 path, artifact.name, kind=kind, hash_alg="sha256", media_type=media_type, digest_hex=hex_digest
             )
-            assertions = self._assertions(artifact, classification, digest, ingredient["dc:format"], exclude)
-            oms_bundle = self._oms_bundle(path, hex_digest, exclude, artifact.is_dir) if kind == "model" else None
+            assertions = artifact_assertions(
+                self.task, self._environment, artifact, classification, digest, ingredient["dc:format"], exclude
+            )
+            oms_bundle = (
+                self._signer.oms_bundle(path, hex_digest, exclude, artifact.is_dir) if kind == "model" else None
+            )
             if oms_bundle is not None:
-                assertions.append(
-                    custom_assertion(
-                        OMS_BUNDLE_LABEL,
-                        {
-                            "digest": f"sha256:{hashlib.sha256(oms_bundle).hexdigest()}",
-                            "media_type": OMS_BUNDLE_MEDIA_TYPE,
-                            "subject": digest,
-                            "ignore": sorted(exclude),
-                        },
-                    )
-                )
+                assertions.append(oms_bundle_assertion(oms_bundle, digest, exclude))
             unsigned = build_manifest(
                 kind=kind,
                 title=artifact.name,
                 ingredients=[ingredient],
                 description=f"{classification.kind} written by task {self.task.task_id} ({self.task.service or 'job'})",
-                cross_references=self._cross_references(),
+                cross_references=cross_references(self.task, self._software_ref),
                 assertions=assertions,
-                parameters=self._evaluation_links() if kind == "evaluation" else None,
-                metrics=_metrics(path) if kind == "evaluation" and not artifact.is_dir else None,
+                parameters=evaluation_links(self.task) if kind == "evaluation" else None,
+                metrics=evaluation_metrics(path) if kind == "evaluation" and not artifact.is_dir else None,
             )
             signed = sign_manifest(unsigned, self.identity, hash_alg="sha256")
             manifest_id = str(signed["instance_id"])
             structlog.contextvars.bind_contextvars(manifest_id=manifest_id)
-            c2pa = self._c2pa(path, listing, signed)
+            c2pa = self._signer.c2pa(path, listing, signed)
             if artifact.confirm_at is not None:  # reported at its rename: re-check no earlier than planned
                 time.sleep(max(0.0, artifact.confirm_at - time.monotonic()))
             if fingerprint(path) != artifact.fingerprint:
-                raise _Changed("fingerprint differs from the one reported complete")
+                raise ArtifactChanged("fingerprint differs from the one reported complete")
             body = {
                 "manifest": signed,
                 "c2pa": base64.b64encode(c2pa).decode() if c2pa is not None else None,
@@ -472,97 +446,3 @@ class Sidecar:
         except ProvenanceError as exc:
             log.warning("environment_capture_failed", error=str(exc))
             return {"error": str(exc), "interpreter": str(interpreter) if interpreter else None}
-
-    def _assertions(
-        self,
-        artifact: FinishedArtifact,
-        classification: Classification,
-        digest: str,
-        media_type: str,
-        exclude: frozenset[str],
-    ) -> list[dict[str, Any]]:
-        task, code = self.task, self.task.code
-        return [
-            custom_assertion("mlprov.task", task.task_assertion()),
-            custom_assertion("mlprov.run", task.run.model_dump()),
-            custom_assertion("mlprov.parameters", task.params),
-            custom_assertion("mlprov.code", code.model_dump() if code is not None else None),
-            custom_assertion(ENVIRONMENT_ASSERTION_LABEL, self._environment or {}),
-            custom_assertion(
-                "mlprov.artifact",
-                {
-                    "name": artifact.name,
-                    "digest": digest,
-                    "classification": classification.kind,
-                    "size": artifact.size,
-                    "media_type": media_type,
-                    "workspace_path": f"outputs/{artifact.name}",
-                    "excluded": sorted(exclude),
-                    "generation": artifact.generation,
-                },
-            ),
-            custom_assertion(
-                "mlprov.inputs",
-                [
-                    {"name": i.name, "digest": i.digest, "kind": i.kind, "manifest_id": i.manifest_id}
-                    for i in task.inputs
-                ],
-            ),
-        ]
-
-    def _cross_references(self) -> list[dict[str, Any]]:
-        refs = [
-            {"manifest_url": i.manifest_id, "manifest_hash": i.manifest_hash, "media_type": "application/json"}
-            for i in self.task.linked_inputs()
-        ]
-        if self._software_ref is not None:
-            refs.append(self._software_ref.cross_reference())
-        return refs
-
-    def _evaluation_links(self) -> dict[str, Any]:
-        def first(kind: str) -> str | None:
-            return next((i.manifest_id for i in self.task.linked_inputs() if i.kind == kind), None)
-
-        return {"model_id": first("model"), "dataset_id": first("dataset")}
-
-    def _oms_bundle(self, path: Path, hex_digest: str, exclude: frozenset[str], is_dir: bool) -> bytes | None:
-        if not self.identity.chain:
-            return None
-        from provenance.oms import bundle_subject_digest, sign_model
-
-        bundle = sign_model(
-            path,
-            private_key_pem=self.identity.private_key_pem,
-            chain_pem=self.identity.chain_pem,
-            workdir=self._scratch,
-            ignore=sorted(exclude),
-        )
-        # model_signing re-hashed the model: its subject must name the bytes we hashed.
-        expected = hex_digest if is_dir else hashlib.sha256(bytes.fromhex(hex_digest)).hexdigest()
-        if bundle_subject_digest(bundle) != expected:
-            raise _Changed("OMS subject digest differs from the artifact digest")
-        return bundle
-
-    def _c2pa(self, path: Path, listing: DirectoryDigest | None, signed: dict[str, Any]) -> bytes | None:
-        if not self.identity.chain:
-            return None
-        from provenance.c2pa_sidecar import directory_listing, sign_sidecar
-
-        def sign(asset: Path) -> bytes:
-            return sign_sidecar(
-                asset,
-                private_key_pem=self.identity.private_key_pem,
-                chain_pem=self.identity.chain_pem,
-                title=str(signed["title"]),
-                manifest_id=str(signed["instance_id"]),
-            )
-
-        if listing is None:
-            return sign(path)
-        # The bytes c2pa_sidecar binds a directory to, without the marker: sign them as a file.
-        listing_file = self._scratch / f"listing-{uuid.uuid4().hex}"
-        listing_file.write_bytes(directory_listing(listing))
-        try:
-            return sign(listing_file)
-        finally:
-            listing_file.unlink(missing_ok=True)
