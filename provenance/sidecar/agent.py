@@ -9,10 +9,11 @@ Per artifact (:meth:`Sidecar.process`), in this order:
    otherwise start uploading the bytes at once on the upload thread (the ``PUT`` is idempotent and only
    stores content the controller re-hashes to this digest; no manifest names it yet), so the upload
    overlaps the signing below instead of following it;
-4. (the parts come from :mod:`provenance.sidecar.claims`) for a model, sign the OMS bundle (same ``ignore`` as the hash, so its subject digest is checked
+4. for a model, sign the OMS bundle (same ``ignore`` as the hash, so its subject digest is checked
    against ours); build the Atlas manifest (kind mapping below), cross-referencing the task's input
    manifests and the code's software manifest, with the CustomAssertions of docs/sidecar-protocol.md
-   section 3; sign it; sign the C2PA sidecar (a directory's is bound to its canonical listing);
+   section 3; sign it; sign the C2PA sidecar (a directory's is bound to its canonical listing). These
+   parts come from :mod:`provenance.sidecar.claims`;
 5. re-check the fingerprint (for an artifact reported at its rename, not before rename +
    ``recheck_interval``: :attr:`FinishedArtifact.confirm_at`): if the artifact changed since it was
    reported, nothing is kept (the watcher reports the new version): a half-written file is never signed;
