@@ -6,6 +6,7 @@ Functions add/flush but do not commit; the caller commits (one unit of work per 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -15,7 +16,15 @@ from controller.catalog import ServiceSpec, validate_service_name
 from controller.errors import ConflictError, ServiceNotFoundError
 from controller.store.models import Service, utcnow
 
-__all__ = ["create_service", "delete_service", "get_service", "list_services", "replace_service", "upsert_services"]
+__all__ = [
+    "create_service",
+    "delete_service",
+    "get_service",
+    "list_services",
+    "planned_action",
+    "replace_service",
+    "upsert_services",
+]
 
 
 def _spec(row: Service) -> ServiceSpec:
@@ -35,6 +44,14 @@ def get_service(session: Session, name: str) -> ServiceSpec:
 
 def list_services(session: Session) -> list[ServiceSpec]:
     return [_spec(row) for row in session.scalars(select(Service).order_by(Service.name))]
+
+
+def planned_action(session: Session, spec: ServiceSpec) -> Literal["create", "update", "unchanged"]:
+    """What registering ``spec`` would do to the stored services (a dry run: reads only)."""
+    row = session.get(Service, spec.name)
+    if row is None:
+        return "create"
+    return "unchanged" if row.spec == spec.model_dump(mode="json") else "update"
 
 
 def create_service(session: Session, spec: ServiceSpec) -> ServiceSpec:

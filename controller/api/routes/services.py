@@ -17,7 +17,6 @@ from controller.api.deps import AdminDep, ReaderDep, SessionDep, SettingsDep
 from controller.catalog import ServiceSpec, validate_for_runtime
 from controller.errors import InvalidInputError
 from controller.store import services_repo
-from controller.store.models import Service
 
 __all__ = ["ServiceCheck", "ValidateRequest", "ValidateResult", "router"]
 
@@ -94,11 +93,7 @@ def _check(session: SessionDep, runtime: str, index: int, entry: Any, seen: set[
     if spec.name in seen:
         return ServiceCheck(index=index, name=spec.name, action="invalid", errors=[f"name: {spec.name!r} is twice"])
     seen.add(spec.name)
-    row = session.get(Service, spec.name)
-    if row is None:
-        return ServiceCheck(index=index, name=spec.name, action="create")
-    unchanged = row.spec == spec.model_dump(mode="json")
-    return ServiceCheck(index=index, name=spec.name, action="unchanged" if unchanged else "update")
+    return ServiceCheck(index=index, name=spec.name, action=services_repo.planned_action(session, spec))
 
 
 @router.post("/validate", response_model=ValidateResult)
