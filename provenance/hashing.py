@@ -24,20 +24,20 @@ With ``alg`` other than sha256 the same construction is applied with that algori
 that root is mlprov's own (model_signing's subject digest is always sha256).
 
 Performance: SHA-256 is the cost, and copying bytes out of the page cache adds ~10 % to it (a core
-copies ~13 GB/s and hashes ~1.5 GB/s here). So a file of 8 MiB or more is hashed straight from a
-read-only mapping when a *read lease* can be taken on it (``F_SETLEASE``): while we hold it, anyone
-opening the file for writing or truncating it waits, so the mapping can neither change nor shrink
-under us (a mapped read of a truncated file is a SIGBUS that kills the process). Every 4 MiB step is
-faulted in with ``MADV_POPULATE_READ`` (an I/O error comes back as an error, not as SIGBUS) and the
-lease is polled; when a writer asks for the file we stop touching the mapping, release the lease
-within that step and read the rest, which gives what reading would have given. Where no lease can be
-taken (the file is open for writing, another user's file, no lease support, ``SIGURG`` handled by the
-program, lease-break-time under 1 s) the file is read into reused 1 MiB buffers with
+copies ~13 GB/s and hashes ~1.5 GB/s here). So a file of 8 MiB or more on a local filesystem is hashed
+straight from a read-only mapping while we hold a *read lease* on it (``F_SETLEASE``): opening it for
+writing or truncating it by path then waits for us, so the mapping neither changes nor shrinks (a
+mapped read of a truncated file is a SIGBUS that kills the process). Every 4 MiB step is faulted in
+with ``MADV_POPULATE_READ`` (an I/O error, or a file that shrank after all, comes back as an error, not
+as SIGBUS) and the lease is polled; when a writer asks for the file we stop touching the mapping,
+release the lease within that step and read the rest, which gives what reading would have given.
+Elsewhere (the file open for writing, another user's file, FUSE/NFS/overlay, ``SIGURG`` handled by the
+program, ``MLPROV_HASH_MMAP=false``) the file is read into reused 1 MiB buffers with
 ``posix_fadvise(SEQUENTIAL)``; hashlib releases the GIL on large updates. There a big single file is
 read by one thread while another hashes (the digest is still the plain one: a file is never split).
-A directory's files are hashed by a thread pool, largest first, two threads per core by default. See
-ADR 0007. This module imports nothing heavy (``mlprov hash`` start-up): only the standard library and
-``provenance.errors``.
+A directory's files are hashed by a thread pool, largest first, two threads per core by default. ADR
+0007 gives the reasons and the cases a lease cannot cover. This module imports nothing heavy (``mlprov
+hash`` start-up): only the standard library and ``provenance.errors``.
 """
 
 from __future__ import annotations
@@ -109,6 +109,12 @@ _LEASE_SIGNAL = signal.SIGURG
 #: A lease break times out after /proc/sys/fs/lease-break-time seconds: the writer then goes ahead and
 #: could truncate what is mapped. One step takes milliseconds; below this many seconds, do not map.
 _MIN_LEASE_BREAK_SECONDS = 1
+#: Local filesystems, where the lease sees every writer. Not FUSE (s3fs, gcsfuse, sshfs, virtiofs), NFS,
+#: SMB, overlay or anything unknown: there a lease may be granted while the file changes elsewhere.
+_MAPPABLE_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
+#: ``MLPROV_HASH_MMAP=false`` turns the mapped path off (every file is read).
+_MMAP_ENV = "MLPROV_HASH_MMAP"
+_fs_types: dict[int, str] = {}
 
 
 def _check_alg(alg: str) -> None:
@@ -129,17 +135,44 @@ def _lease_break_seconds() -> int:
         return 0
 
 
-def _take_read_lease(fd: int) -> bool:
-    """Take a read lease on ``fd`` if every condition for hashing it from a mapping holds.
+def _fs_type(dev: int) -> str | None:
+    """The filesystem type of device ``dev`` (``st_dev``), from /proc/self/mountinfo; ``None`` if unknown."""
+    if dev not in _fs_types:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    mount, _, fs = line.partition(" - ")
+                    fields, fs_fields = mount.split(), fs.split()
+                    if len(fields) > 2 and fs_fields and ":" in fields[2]:
+                        major, _, minor = fields[2].partition(":")
+                        with contextlib.suppress(ValueError):
+                            _fs_types[os.makedev(int(major), int(minor))] = fs_fields[0]
+        except OSError:
+            return None
+    return _fs_types.get(dev)
 
-    While we hold it no one can open the file for writing or truncate it: such a call blocks until we
-    release it (or until lease-break-time passes). So the mapping cannot shrink under us (the SIGBUS a
-    mapped read risks) and its bytes cannot change. It is refused (EAGAIN) while anyone has the file
-    open for writing, and (EACCES) on another user's file without CAP_LEASE: the caller then reads.
-    """
+
+def _mapping_allowed(st: os.stat_result) -> bool:
+    if os.environ.get(_MMAP_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
     if not hasattr(fcntl, "F_SETLEASE") or signal.getsignal(_LEASE_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN):
         return False  # no leases here, or someone handles SIGURG and would be woken by our lease breaks
     if _lease_break_seconds() < _MIN_LEASE_BREAK_SECONDS:
+        return False
+    return _fs_type(st.st_dev) in _MAPPABLE_FS
+
+
+def _take_read_lease(fd: int, st: os.stat_result) -> bool:
+    """Take a read lease on ``fd`` if every condition for hashing it from a mapping holds (ADR 0007).
+
+    While we hold it, opening the file for writing and truncating it by path or through a writable
+    descriptor wait until we release it (or until lease-break-time passes), so the mapping neither
+    shrinks (the SIGBUS a mapped read risks) nor changes. It is refused (EAGAIN) while anyone has the
+    file open for writing, and (EACCES) on another user's file without CAP_LEASE: the caller then reads.
+    What it cannot stop is in ADR 0007 (an ``O_RDONLY|O_TRUNC`` open, a process stopped past the
+    lease-break time).
+    """
+    if not _mapping_allowed(st):
         return False
     try:
         fcntl.fcntl(fd, fcntl.F_SETSIG, _LEASE_SIGNAL)
@@ -180,6 +213,8 @@ def _hash_fd_mapped(fd: int, size: int, hasher: hashlib._Hash, progress: Progres
             except OSError as exc:
                 if exc.errno == errno.EINVAL and done == 0:
                     return 0  # kernel older than 5.14: an I/O error would be a SIGBUS, so read instead
+                if exc.errno in (errno.EFAULT, errno.EINTR):
+                    break  # EFAULT: the file shrank after all (see ADR 0007); read the rest
                 raise
             if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK:
                 break  # a writer is waiting for the file: let it have it, read the rest
@@ -265,7 +300,7 @@ def _hash_file_raw(path: Path, alg: str, progress: Progress | None, *, pipelined
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         hasher = hashlib.new(alg)
         try:
-            if st.st_size >= _MAP_MIN_SIZE and _take_read_lease(fd):
+            if st.st_size >= _MAP_MIN_SIZE and _take_read_lease(fd, st):
                 try:
                     size = os.fstat(fd).st_size  # under the lease: no one can change it any more
                     done = _hash_fd_mapped(fd, size, hasher, progress)
@@ -286,7 +321,8 @@ def _hash_file_raw(path: Path, alg: str, progress: Progress | None, *, pipelined
 def hash_file(path: Path, alg: HashName = "sha256", progress: Progress | None = None) -> str:
     """The hex digest of a file's bytes (the same as ``sha256sum``), streamed.
 
-    ``progress`` is called with the number of bytes hashed since its previous call.
+    ``progress`` is called with the number of bytes hashed since its previous call. It must not wait
+    for a writer of the file being hashed: that writer may be waiting for us (ADR 0007).
     Raises :class:`InvalidInputError` for a missing, unreadable or non-regular path.
     """
     _check_alg(alg)
@@ -376,8 +412,9 @@ def hash_directory(
     ``workers`` is the number of hashing threads; it defaults to twice the usable cores. Files hashed
     from a mapping keep one thread per core busy either way (2 and 4 threads measured equal on 2
     cores); files that have to be read alternate between copying a chunk and hashing it (both release
-    the GIL), and there the second thread per core keeps the core busy during the other's copy. ``progress`` receives
-    byte counts, possibly from worker threads (calls are serialised by a lock). ``exclude_top_level``
+    the GIL), and there the second thread per core keeps the core busy during the other's copy.
+    ``progress`` receives byte counts, possibly from worker threads (calls are serialised by a lock; as
+    for :func:`hash_file`, it must not wait for a writer of a file being hashed). ``exclude_top_level``
     names more top-level entries to leave out, as the git paths are (the sidecar passes a directory's
     completion marker, ``_SUCCESS``; give the same names as ``ignore`` to :func:`provenance.oms.sign_model`
     so the OMS subject digest equals this root). Raises :class:`InvalidInputError` for a

@@ -30,7 +30,7 @@ BIG = 9 * 1024 * 1024 + 12345
 def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with big files hashed from a mapping (where a lease can be taken) and by reading."""
     if request.param == "read":
-        monkeypatch.setattr(hashing, "_take_read_lease", lambda fd: False)
+        monkeypatch.setattr(hashing, "_take_read_lease", lambda fd, st: False)
     return str(request.param)
 
 

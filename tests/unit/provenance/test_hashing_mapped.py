@@ -100,6 +100,46 @@ def test_no_mapping_when_someone_handles_the_lease_signal(
     assert mapped_calls == []
 
 
+def test_mapping_can_be_turned_off(
+    big: tuple[Path, bytes], mapped_calls: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = big
+    monkeypatch.setenv("MLPROV_HASH_MMAP", "false")
+    assert hash_file(path) == hashlib.sha256(data).hexdigest()
+    assert mapped_calls == []
+
+
+def test_only_local_filesystems_are_mapped(
+    big: tuple[Path, bytes], mapped_calls: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease on FUSE or NFS may be granted while the file changes elsewhere: those are read."""
+    path, data = big
+    assert hashing._fs_type(path.stat().st_dev) is not None  # found in /proc/self/mountinfo
+    assert hashing._fs_type(os.stat("/proc").st_dev) == "proc"
+    monkeypatch.setattr(hashing, "_MAPPABLE_FS", frozenset({"nfs", "fuse"}))
+    assert hash_file(path) == hashlib.sha256(data).hexdigest()
+    assert mapped_calls == []
+
+
+@needs_leases
+def test_a_read_only_truncating_open_between_steps_falls_back_to_reading(tmp_path: Path) -> None:
+    """``open(O_RDONLY | O_TRUNC)`` truncates without breaking a read lease (ADR 0007). Landing between
+    two steps, it is seen as EFAULT from MADV_POPULATE_READ: we stop mapping and read on (nothing left)."""
+    path = tmp_path / "victim.bin"
+    data = os.urandom(SIZE)
+    path.write_bytes(data)
+    truncated: list[bool] = []
+
+    def progress(n: int) -> None:
+        if not truncated:
+            os.close(os.open(path, os.O_RDONLY | os.O_TRUNC))
+            truncated.append(True)
+
+    digest = hash_file(path, progress=progress)
+    assert path.stat().st_size == 0
+    assert digest == hashlib.sha256(data[: hashing._MAP_STEP]).hexdigest()
+
+
 @needs_leases
 def test_a_writer_truncating_the_file_mid_hash_neither_waits_nor_crashes_us(tmp_path: Path) -> None:
     """The SIGBUS case, in a child process (a SIGBUS would kill pytest): a writer truncates the file
