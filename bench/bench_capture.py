@@ -7,13 +7,15 @@ manifest. Latency = first time it is queryable - completion time. Targets: p50 <
 
 (b) Provenance overhead: a CPU-bound stage of ``--stage-seconds`` that writes ``--stage-artifacts``
 1 MiB artifacts, run with the sidecar and without (``MLPROV_SIDECAR=false``: outputs hashed and stored
-by the controller, unsigned); wall time from submit to ``succeeded``. Target: ratio <= 1.05.
+by the controller, unsigned); wall time from submit to ``succeeded``, on a controller whose runtime is
+warm (``/readyz``: ``runtime: ready``). Target: ratio <= 1.05. ``--cold`` also times the first task
+submitted right after start-up, which waits for the fork server's one-time warm-up (~1 s).
 
 The controller runs in this process (uvicorn on a free 127.0.0.1 port, a temporary ``$MLPROV_HOME``);
 jobs and sidecars are real processes. Figures for the README, not timed assertions.
 
 Run: ``.venv/bin/python -m bench.bench_capture [--artifacts 40] [--size-mib 1] [--gap 0.25]
-[--stage-seconds 20] [--stage-artifacts 20] [--skip-latency] [--skip-overhead]``
+[--stage-seconds 20] [--stage-artifacts 20] [--skip-latency] [--skip-overhead] [--cold]``
 (quick: ``--artifacts 10 --stage-seconds 5``).
 """
 
@@ -80,8 +82,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def controller(home: Path, *, sidecar: bool) -> Iterator[httpx.Client]:
-    """The real controller app on ``home``, served on a free port; an admin client of it."""
+def controller(home: Path, *, sidecar: bool, warm: bool = True) -> Iterator[httpx.Client]:
+    """The real controller app on ``home``, served on a free port; an admin client of it. ``warm``: first
+    wait until ``/readyz`` says the runtime is warm (the fork server's one-time warm-up, ~1 s, is done),
+    as a controller that has been running is; ``False`` hands the client over at once (a cold start)."""
     port = _free_port()
     settings = Settings(
         home=home, port=port, admin_token=SecretStr(ADMIN), services_file=None, sidecar=sidecar, log_level="WARNING"
@@ -98,6 +102,10 @@ def controller(home: Path, *, sidecar: bool) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60, trust_env=False) as client:
         try:
+            while warm and client.get("/readyz").json().get("runtime") != "ready":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the controller's runtime did not warm up")
+                time.sleep(0.02)
             yield client
         finally:
             server.should_exit = True
@@ -170,13 +178,13 @@ def _sidecar_ready_at(output: Path) -> float:
     return float("inf")
 
 
-def wall_time(root: Path, *, sidecar: bool, seconds: float, artifacts: int, size: int) -> float:
+def wall_time(root: Path, *, sidecar: bool, seconds: float, artifacts: int, size: int, warm: bool = True) -> float:
     """Seconds from submit to ``succeeded`` of a CPU-bound stage writing ``artifacts`` artifacts."""
     root.mkdir(parents=True, exist_ok=True)
     stage = root / "stage.py"
     stage.write_text(STAGE)
-    home = root / ("home-with" if sidecar else "home-without")
-    with controller(home, sidecar=sidecar) as client:
+    home = root / f"home-{'with' if sidecar else 'without'}-{'warm' if warm else 'cold'}"
+    with controller(home, sidecar=sidecar, warm=warm) as client:
         _register(client, stage, {"count": artifacts, "size": size, "gap": 0, "busy": seconds / artifacts})
         started = time.perf_counter()
         task_id = client.post("/api/v1/tasks", json={"service": "stage"}).json()["id"]
@@ -199,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage-artifacts", type=int, default=20, help="artifacts the overhead stage writes")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--cold", action="store_true", help="also time the first task right after start-up")
     args = parser.parse_args(list(argv) if argv is not None else None)
     size = int(args.size_mib * 1024 * 1024) // 4 * 4
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -221,17 +230,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         if not args.skip_overhead:
             common = {"seconds": args.stage_seconds, "artifacts": args.stage_artifacts, "size": 1024 * 1024}
-            without = wall_time(root / "overhead", sidecar=False, **common)
-            with_sidecar = wall_time(root / "overhead", sidecar=True, **common)
-            ratio = with_sidecar / without
-            ok = ratio <= OVERHEAD_TARGET
-            status |= 0 if ok else 1
-            print(
-                f"provenance overhead, {args.stage_seconds:g} s CPU-bound stage, {args.stage_artifacts} artifacts: "
-                f"without sidecar {without:.2f} s, with {with_sidecar:.2f} s, ratio {ratio:.3f} "
-                f"(target <= {OVERHEAD_TARGET})  {'OK' if ok else 'MISSED'}",
-                flush=True,
-            )
+            # warm: a running controller (the target); cold: the first task right after start-up, which
+            # also waits for the fork server's one-time warm-up (reported, not the target)
+            for warm in (True, False) if args.cold else (True,):
+                without = wall_time(root / "overhead", sidecar=False, warm=warm, **common)
+                with_sidecar = wall_time(root / "overhead", sidecar=True, warm=warm, **common)
+                ratio = with_sidecar / without
+                ok = ratio <= OVERHEAD_TARGET
+                status |= 0 if ok or not warm else 1
+                print(
+                    f"provenance overhead, {args.stage_seconds:g} s CPU-bound stage, {args.stage_artifacts} "
+                    f"artifacts, {'running controller' if warm else 'first task after start-up'}: without sidecar "
+                    f"{without:.2f} s, with {with_sidecar:.2f} s, ratio {ratio:.3f} "
+                    + (f"(target <= {OVERHEAD_TARGET})  {'OK' if ok else 'MISSED'}" if warm else "(reported)"),
+                    flush=True,
+                )
     return status
 
 

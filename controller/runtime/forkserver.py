@@ -244,8 +244,8 @@ class ForkServer:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            left = max(0.0, deadline - time.monotonic())  # past the deadline: one look without waiting
+            if not select.select([fd], [], [], left)[0]:
                 return None
             data = os.read(fd, 65536)
             if not data:
@@ -258,6 +258,15 @@ class ForkServer:
         """Whether the server finished its warm-up within ``timeout`` seconds."""
         with self._lock:
             return self._await_ready(time.monotonic() + timeout)
+
+    def is_ready(self) -> bool:
+        """Whether the warm-up is done, without waiting (a launch in flight holding the lock: as last seen)."""
+        if not self._lock.acquire(blocking=False):
+            return self._ready
+        try:
+            return self._await_ready(time.monotonic())
+        finally:
+            self._lock.release()
 
     def _await_ready(self, deadline: float) -> bool:
         if not self._ready:

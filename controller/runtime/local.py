@@ -189,6 +189,12 @@ class LocalRuntime:
         if warm and self._spare_sidecar and self._server is None:  # the first job's sidecar is warm too
             self._start_spare()  # here, not on a thread: the first launch finds it (a Popen: milliseconds)
 
+    def warmed(self) -> bool:
+        """Whether launches are warm: the fork server finished its warm-up (or there is none, or it died
+        and launches fall back). ``/readyz`` reports it; the first task after start-up waits for it."""
+        server = self._server
+        return server is None or server.is_ready() or not server.alive()
+
     # -- Runtime ---------------------------------------------------------------------------------
 
     def launch(self, spec: JobSpec, on_output: OutputSink) -> JobHandle:

@@ -33,7 +33,9 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "not ready: the body says what is missing"}})
 def readyz(request: Request) -> JSONResponse:
-    """Readiness: started and the database answers."""
+    """Readiness: started and the database answers. ``runtime`` says whether job launches are warm yet
+    (``warming`` for about a second after start-up, while the local fork server imports the sidecar):
+    the controller serves meanwhile, and a task submitted then starts once the warm-up is done."""
     state = _state(request)
     if state is None:
         return JSONResponse({"status": "starting", "database": "unknown"}, status_code=503)
@@ -44,7 +46,9 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse(
             {"status": "unavailable", "database": f"unreachable: {type(exc).__name__}"}, status_code=503
         )
-    return JSONResponse({"status": "ready", "database": "ok"})
+    warmed = getattr(state.runtime, "warmed", None)  # optional: runtimes with a warm-up (local fork server)
+    runtime = "warming" if callable(warmed) and not warmed() else "ready"
+    return JSONResponse({"status": "ready", "database": "ok", "runtime": runtime})
 
 
 @router.get("/metrics", response_class=Response)

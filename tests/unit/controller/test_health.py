@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -58,7 +59,16 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_checks_the_database(app: FastAPI, client: httpx.AsyncClient) -> None:
-    assert (await client.get("/readyz")).json() == {"status": "ready", "database": "ok"}
+    body = (await client.get("/readyz")).json()
+    assert (body["status"], body["database"]) == ("ready", "ok")
+    assert body["runtime"] in ("warming", "ready")  # serving either way; launches wait for the warm-up
+    state_runtime = app.state.mlprov.runtime
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while not state_runtime.warmed():
+        assert loop.time() < deadline, "the runtime never finished warming up"
+        await asyncio.sleep(0.05)
+    assert (await client.get("/readyz")).json() == {"status": "ready", "database": "ok", "runtime": "ready"}
     state: AppState = app.state.mlprov
     working = state.engine
     state.engine = make_engine("postgresql://nobody@127.0.0.1:1/nothing")  # a closed port: refused at once

@@ -236,3 +236,36 @@ def test_an_attempt_is_claimed_once(tmp_path: Path) -> None:
     other.mkdir()
     assert claim(str(other), None) is None
     assert claim(str(other), 4242) == 0  # a late forked launcher finds the runtime's claim and backs off
+
+
+def test_warmed_says_when_the_server_finished_its_warm_up_without_waiting_for_it() -> None:
+    runtime = LocalRuntime(standby_sidecar=SIDECAR)
+    try:
+        server = runtime._server
+        assert server is not None
+        assert runtime.warmed() is False  # it imports the sidecar's libraries first (~0.7 s of CPU)
+        with server._lock:  # a launch in flight holds the lock: the answer is the last one seen, at once
+            started = time.monotonic()
+            assert server.is_ready() is False
+            assert time.monotonic() - started < 0.5
+        _wait_for(runtime.warmed, timeout=60)
+        assert server.is_ready() is True
+    finally:
+        runtime.close()
+
+
+def test_a_dead_server_counts_as_warmed_since_launches_fall_back() -> None:
+    runtime = LocalRuntime(standby_sidecar=SIDECAR)
+    try:
+        os.kill(_server_pid(runtime), signal.SIGKILL)
+        _wait_for(runtime.warmed)
+    finally:
+        runtime.close()
+
+
+def test_without_a_fork_server_launches_are_warm_at_once() -> None:
+    runtime = LocalRuntime(standby_sidecar=SIDECAR, fork_server=False)
+    try:
+        assert runtime.warmed() is True
+    finally:
+        runtime.close()
