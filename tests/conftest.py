@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated HOME for every test run, the golden-file flag, a fresh PostgreSQL database."""
+"""Shared fixtures: an isolated HOME for every test run, the golden-file flag, a fresh PostgreSQL database,
+an S3 server."""
 
 from __future__ import annotations
 
@@ -82,3 +83,15 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API server (moto's, on a free 127.0.0.1 port) for one test module: ``host:port``."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()

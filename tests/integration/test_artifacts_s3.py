@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ from controller.settings import Settings
 from provenance.hashing import hash_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"{host}:{port}"
-    server.stop()
 
 
 def _store(endpoint: str, bucket: str, prefix: str = "", part_size: int = 5 * 1024 * 1024) -> S3ArtifactStore:

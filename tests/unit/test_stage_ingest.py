@@ -167,34 +167,27 @@ def test_bad_params_exit_non_zero_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.s3
 def test_s3_source_is_downloaded(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, s3_endpoint: str
 ) -> None:
     import io
 
     from minio import Minio
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        # credentials from the environment only: params are signed into manifests
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-        client = Minio(f"{host}:{port}", access_key="testing", secret_key="testing", secure=False, region="us-east-1")
-        client.make_bucket("demo-data")
-        client.put_object("demo-data", "sets/data.csv", io.BytesIO(CSV), len(CSV))
-        endpoint = f"http://{host}:{port}"
-        params = {"source": "s3://demo-data/sets/data.csv", "s3_endpoint": endpoint, "s3_region": "us-east-1"}
-        code, ws, err = _ingest(tmp_path / "ok", params, capsys)
-        assert (code, err) == (0, "")
-        assert (ws / "outputs" / "raw.csv").read_bytes() == CSV
+    # credentials from the environment only: params are signed into manifests
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    client = Minio(s3_endpoint, access_key="testing", secret_key="testing", secure=False, region="us-east-1")
+    client.make_bucket("demo-data")
+    client.put_object("demo-data", "sets/data.csv", io.BytesIO(CSV), len(CSV))
+    endpoint = f"http://{s3_endpoint}"
+    params = {"source": "s3://demo-data/sets/data.csv", "s3_endpoint": endpoint, "s3_region": "us-east-1"}
+    code, ws, err = _ingest(tmp_path / "ok", params, capsys)
+    assert (code, err) == (0, "")
+    assert (ws / "outputs" / "raw.csv").read_bytes() == CSV
 
-        code, ws, err = _ingest(tmp_path / "missing", {**params, "source": "s3://demo-data/nope.csv"}, capsys)
-        assert code == 3
-        assert err.count("\n") == 1
-        assert "NoSuchKey" in err
-        assert _outputs(ws) == set()
-    finally:
-        server.stop()
+    code, ws, err = _ingest(tmp_path / "missing", {**params, "source": "s3://demo-data/nope.csv"}, capsys)
+    assert code == 3
+    assert err.count("\n") == 1
+    assert "NoSuchKey" in err
+    assert _outputs(ws) == set()

@@ -4,7 +4,6 @@ a versioned release prefix, ``CURRENT`` switched last, and both undone when the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from controller.pipeline.targets import S3Publisher, publisher_for
 from tests.unit.controller.ingest_support import ADMIN, App
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"{host}:{port}"
-    server.stop()
 
 
 def _checker(dags: Path, plugins: Path | None) -> DagCheckReport:
