@@ -114,7 +114,9 @@ _MIN_LEASE_BREAK_SECONDS = 1
 _MAPPABLE_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
 #: ``MLPROV_HASH_MMAP=false`` turns the mapped path off (every file is read).
 _MMAP_ENV = "MLPROV_HASH_MMAP"
-_fs_types: dict[int, str] = {}
+_fs_types: dict[int, str | None] = {}
+"""``st_dev`` -> filesystem type, from /proc/self/mountinfo; ``None`` remembers a device not found there
+(e.g. a btrfs subvolume's anonymous device), so it is not looked up again for every file."""
 
 
 def _check_alg(alg: str) -> None:
@@ -149,7 +151,8 @@ def _fs_type(dev: int) -> str | None:
                             _fs_types[os.makedev(int(major), int(minor))] = fs_fields[0]
         except OSError:
             return None
-    return _fs_types.get(dev)
+        _fs_types.setdefault(dev, None)
+    return _fs_types[dev]
 
 
 def _mapping_allowed(st: os.stat_result) -> bool:
